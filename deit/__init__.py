@@ -1,0 +1,1 @@
+"""DeiT components in plain Paddle: model, data, loss, optimizer, schedule. No engine imports."""

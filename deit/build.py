@@ -1,0 +1,196 @@
+"""Config -> model, data, optimizer, step function, hooks and engine.
+
+The one place that knows the config layout (deit/schema.py) and wires engine, hooks and the
+plain DeiT components together. Everything here validates before anything is written to disk.
+"""
+import importlib
+import os
+import random
+
+import numpy as np
+import paddle
+
+from engine import Engine, Hook, dist
+from hooks.checkpoint import Checkpoint
+from hooks.evaluate import Evaluate
+from hooks.lr_schedule import LRSchedule
+from hooks.metrics_log import MetricsLog
+from hooks.progress import Progress
+from hooks.train_meter import TrainMeter
+
+from .data.datasets import ImageFolder, ImageNetDataset
+from .data.demo import ensure_demo_dataset
+from .data.loader import Loader
+from .data.sampler import ResumableBatchSampler, ShardedEvalSampler
+from .data.transforms import build_transforms
+from .errors import CheckpointError, SetupError, unknown
+from .loss import LOSSES
+from .model import FACTORIES, VisionTransformer
+from .optim import build_adamw
+from .precision import Precision
+from .schedule import TimmCosine
+from .step import make_train_step
+
+
+def setup_runtime(cfg) -> None:
+    """Device and seeds. Seeds are offset by rank so dropout differs across ranks."""
+    g = cfg["Global"]
+    if g["device"] == "gpu" and not paddle.device.is_compiled_with_cuda():
+        raise SetupError("Global.device is 'gpu' but this PaddlePaddle build has no CUDA: "
+                         "install paddlepaddle-gpu or run with -o Global.device=cpu")
+    paddle.set_device(g["device"])
+    seed = g["seed"] + dist.rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def build_model(m) -> paddle.nn.Layer:
+    common = dict(class_num=m["class_num"], drop_rate=m["drop_rate"],
+                  drop_path_rate=m["drop_path_rate"], init=m["init"])
+    if m["name"] == "VisionTransformer":
+        return VisionTransformer(img_size=m["img_size"], patch_size=m["patch_size"],
+                                 embed_dim=m["embed_dim"], depth=m["depth"], num_heads=m["num_heads"],
+                                 mlp_ratio=m["mlp_ratio"], **common)
+    if m["name"] not in FACTORIES:
+        raise unknown("Model.name", m["name"], list(FACTORIES) + ["VisionTransformer"])
+    return FACTORIES[m["name"]](**common)
+
+
+def build_dataset(section: dict, seed: int, where: str):
+    ds = section["dataset"]
+    transform = build_transforms(ds["transform_ops"])
+    common = dict(transform=transform, seed=seed, max_bad_fraction=ds["max_bad_fraction"])
+    root, labels = ds["image_root"], ds["cls_label_path"]
+    if ds["name"] == "DemoDataset":
+        root = ensure_demo_dataset(root)
+        labels = labels if labels and os.path.isabs(labels) else os.path.join(root, labels or "train_list.txt")
+    try:
+        if ds["name"] == "ImageFolder":
+            return ImageFolder(root, **common)
+        return ImageNetDataset(root, labels, **common)
+    except Exception as exc:
+        exc.args = (f"{where}.dataset: {exc.args[0]}",) + exc.args[1:]
+        raise
+
+
+def build_train_loader(cfg) -> Loader:
+    section, g = cfg["DataLoader"]["Train"], cfg["Global"]
+    dataset = build_dataset(section, g["seed"], "DataLoader.Train")
+    if section["dataset"]["batch_transform_ops"]:
+        raise SetupError("DataLoader.Train.dataset.batch_transform_ops (Mixup/CutMix) is not "
+                         "implemented yet; remove it from the config to train without it")
+    s = section["sampler"]
+    sampler = ResumableBatchSampler(
+        len(dataset), s["batch_size"], shuffle=s["shuffle"], drop_last=s["drop_last"], seed=g["seed"],
+        rank=dist.rank(), world_size=dist.world_size(),
+        repeats=s["num_repeats"] if s["name"] == "RepeatedAugSampler" else 1)
+    if len(sampler) == 0:
+        raise SetupError(f"DataLoader.Train: {len(dataset)} images give no full batch of "
+                         f"{s['batch_size']} per device; lower DataLoader.Train.sampler.batch_size")
+    return Loader(dataset, sampler, **section["loader"])
+
+
+def build_eval_loader(cfg) -> Loader:
+    section = cfg["DataLoader"]["Eval"]
+    dataset = build_dataset(section, cfg["Global"]["seed"], "DataLoader.Eval")
+    sampler = ShardedEvalSampler(len(dataset), section["sampler"]["batch_size"],
+                                 rank=dist.rank(), world_size=dist.world_size())
+    return Loader(dataset, sampler, **section["loader"])
+
+
+def build_loss(ops, where: str):
+    """The weighted sum of the listed losses (PLSC: `- CELoss: {weight: 1.0}`)."""
+    if not ops:
+        ops = [{"CELoss": {}}]
+    parts = []
+    for entry in ops:
+        (name, kwargs), = entry.items()
+        if name not in LOSSES:
+            raise unknown(f"loss in {where}", name, LOSSES)
+        try:
+            parts.append(LOSSES[name](**kwargs))
+        except TypeError as exc:
+            raise SetupError(f"{where} {name}: {exc}") from None
+    if len(parts) == 1:
+        return parts[0]
+    return lambda logits, target: sum(p(logits, target) for p in parts)
+
+
+def import_hook(dotted: str, kwargs: dict) -> Hook:
+    """`my_hooks.StopAtLoss` -> an instance; a clear error when it cannot be found or built."""
+    module_name, _, cls_name = dotted.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise SetupError(f"Hooks: cannot import {dotted!r} ({exc}); is its module on PYTHONPATH?") from None
+    try:
+        hook = cls(**kwargs)
+    except TypeError as exc:
+        raise SetupError(f"Hooks: {dotted}: {exc}") from None
+    if not isinstance(hook, Hook):
+        raise SetupError(f"Hooks: {dotted} is not a subclass of engine.Hook")
+    return hook
+
+
+def load_pretrained(model, prefix: str) -> None:
+    """PLSC's `Global.pretrained_model`: a path prefix, `.pdparams` appended if missing."""
+    path = prefix if prefix.endswith(".pdparams") else prefix + ".pdparams"
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Global.pretrained_model: {path} does not exist")
+    try:
+        state = paddle.load(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise CheckpointError(f"Global.pretrained_model: {path} is not a readable .pdparams file ({exc})") from None
+    own = model.state_dict()
+    bad = [f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
+           for k, v in state.items() if k in own and list(v.shape) != list(own[k].shape)]
+    missing = sorted(set(own) - set(state))
+    if bad or missing:
+        raise CheckpointError(f"Global.pretrained_model: {path} does not fit Model.name="
+                              f"{type(model).__name__}: " + "; ".join(bad + [f"missing {k}" for k in missing[:10]]))
+    model.set_state_dict(state)
+
+
+def build_training(cfg) -> Engine:
+    """Everything for a training run, validated; nothing is written to output_dir here."""
+    g = cfg["Global"]
+    setup_runtime(cfg)
+    train_loader = build_train_loader(cfg)
+    eval_loader = build_eval_loader(cfg) if g["eval_during_train"] else None
+    model = build_model(cfg["Model"])
+    if g["pretrained_model"]:
+        load_pretrained(model, g["pretrained_model"])
+    if cfg["FP16"]["level"] != "O0":
+        raise SetupError("FP16.level O1/O2 is not implemented yet; use -o FP16.level=O0")
+    if dist.world_size() > 1:
+        model = paddle.DataParallel(model)
+    o, s = cfg["Optimizer"], cfg["LRScheduler"]
+    optimizer = build_adamw(model, s["learning_rate"], **o)
+    global_batch = train_loader.batch_sampler.batch_size * dist.world_size()
+    lr_scale = global_batch / s["scale_by_batch"] if s["scale_by_batch"] else 1.0
+    schedule = TimmCosine(s["learning_rate"], s["eta_min"], s["warmup_epoch"], s["warmup_start_lr"],
+                          g["epochs"], len(train_loader), s["decay_unit"], lr_scale)
+    step = make_train_step(model, build_loss(cfg["Loss"]["Train"], "Loss.Train"), optimizer,
+                           Precision(), g["accum_steps"])
+    engine = Engine(step, train_loader, max_epochs=g["epochs"], model=model, optimizer=optimizer,
+                    seed=g["seed"])
+    out = g["output_dir"]
+    hooks = [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule),
+             Checkpoint(out, model, g["save_interval"], g["save_unit"], g["max_num_latest_checkpoint"],
+                        extra={"config": cfg}),
+             MetricsLog(os.path.join(out, "metrics.jsonl")), Progress(g["progress"])]
+    if eval_loader is not None:
+        hooks.append(Evaluate(model, eval_loader, build_loss(cfg["Loss"]["Eval"], "Loss.Eval"),
+                              g["eval_interval"], g["eval_unit"], _topk(cfg)))
+    hooks += [import_hook(name, kwargs) for entry in cfg["Hooks"] for name, kwargs in entry.items()]
+    for hook in hooks:
+        engine.register(hook)
+    return engine
+
+
+def _topk(cfg):
+    for entry in cfg["Metric"]["Eval"]:
+        if "TopkAcc" in entry:
+            return tuple(entry["TopkAcc"].get("topk", (1, 5)))
+    return (1, 5)

@@ -1,0 +1,1 @@
+"""Datasets, transforms, samplers and the loader: plain Paddle/numpy/Pillow code."""

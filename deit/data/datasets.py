@@ -1,0 +1,105 @@
+"""Datasets that decode images with Pillow and apply per-sample seeded transforms.
+
+A dataset item is addressed by an int or by `(index, epoch)`: the sampler yields the pair so
+that every random choice for sample i of epoch e comes from an RNG seeded by (seed, epoch, i),
+whatever the number of workers or the point a run was resumed from.
+"""
+import os
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
+
+
+class ImageDataset:
+    """Samples as (path, label) pairs; subclasses only differ in how they find them."""
+
+    def __init__(self, samples: List[Tuple[str, int]], transform: Optional[Callable] = None,
+                 seed: int = 0, max_bad_fraction: float = 0.01):
+        if not samples:
+            raise DataError("dataset is empty")
+        self.samples, self.transform, self.seed = samples, transform, seed
+        self.max_bad_fraction = max_bad_fraction
+        self.bad_files: set = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_classes(self) -> int:
+        return max(label for _, label in self.samples) + 1
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        for _ in range(len(self.samples)):
+            path, label = self.samples[index]
+            try:
+                with Image.open(path) as im:
+                    img = im.convert("RGB")
+            except (OSError, ValueError) as exc:
+                index = self._replace_bad(path, exc, rng)
+                continue
+            if self.transform is not None:
+                img = self.transform(img, rng)
+            return img, np.int64(label)
+        raise DataError("no readable image in the dataset")
+
+    def _replace_bad(self, path: str, exc: Exception, rng) -> int:
+        """Log a corrupt file once, stop if too many are bad, else pick another sample."""
+        if path not in self.bad_files:
+            self.bad_files.add(path)
+            print(f"warning: skipping unreadable image {path}: {exc}", flush=True)
+        if len(self.bad_files) > max(1, self.max_bad_fraction * len(self.samples)):
+            raise DataError(f"{len(self.bad_files)} unreadable images (more than "
+                            f"{self.max_bad_fraction:.1%} of {len(self.samples)}), the latest {path}; "
+                            f"fix the dataset or raise DataLoader.*.dataset.max_bad_fraction")
+        return int(rng.integers(len(self.samples)))
+
+
+class ImageNetDataset(ImageDataset):
+    """PLSC's layout: `image_root` plus a list file of `relative/path label` lines."""
+
+    def __init__(self, image_root: str, cls_label_path: str, transform=None, seed=0,
+                 max_bad_fraction=0.01, check_files: bool = True):
+        if not image_root or not os.path.isdir(image_root):
+            raise DataError(f"image_root {image_root!r} is not a directory")
+        if not cls_label_path or not os.path.isfile(cls_label_path):
+            raise DataError(f"cls_label_path {cls_label_path!r} is not a file")
+        samples = []
+        with open(cls_label_path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                parts = line.rsplit(maxsplit=1)
+                if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+                    raise DataError(f"{cls_label_path}:{lineno}: expected 'relative/path label' "
+                                    f"with a non-negative integer label, got {line.strip()!r}")
+                path = os.path.join(image_root, parts[0])
+                if check_files and not os.path.isfile(path):
+                    raise DataError(f"{cls_label_path}:{lineno}: image {path} does not exist")
+                samples.append((path, int(parts[1])))
+        if not samples:
+            raise DataError(f"{cls_label_path} lists no images")
+        super().__init__(samples, transform, seed, max_bad_fraction)
+
+
+class ImageFolder(ImageDataset):
+    """`root/class_name/*.jpg`; classes are numbered in sorted order of their folder names."""
+
+    def __init__(self, image_root: str, transform=None, seed=0, max_bad_fraction=0.01, **_unused):
+        if not image_root or not os.path.isdir(image_root):
+            raise DataError(f"image_root {image_root!r} is not a directory")
+        classes = sorted(d.name for d in os.scandir(image_root) if d.is_dir())
+        samples = [(os.path.join(image_root, c, name), label)
+                   for label, c in enumerate(classes)
+                   for name in sorted(os.listdir(os.path.join(image_root, c)))
+                   if name.endswith(IMG_EXTENSIONS)]
+        if not samples:
+            raise DataError(f"{image_root} holds no class folders with images")
+        self.classes = classes
+        super().__init__(samples, transform, seed, max_bad_fraction)

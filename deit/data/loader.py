@@ -1,0 +1,30 @@
+"""A paddle.io.DataLoader over a batch sampler, exposing the sampler's `set_epoch`."""
+import numpy as np
+import paddle
+
+
+def collate(samples):
+    images = np.stack([s[0] for s in samples])
+    labels = np.asarray([s[1] for s in samples], dtype=np.int64)
+    return images, labels
+
+
+class Loader:
+    """Iterates `[images, labels]` batches. Worker processes decode and augment; the engine
+    calls `set_epoch` so that the sampler (and with it every sample's RNG) knows the epoch."""
+
+    def __init__(self, dataset, batch_sampler, num_workers: int = 0, use_shared_memory: bool = True):
+        self.dataset, self.batch_sampler = dataset, batch_sampler
+        self._loader = paddle.io.DataLoader(
+            dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+            use_shared_memory=use_shared_memory, collate_fn=collate, return_list=True,
+            timeout=0 if num_workers == 0 else 600)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.batch_sampler.set_epoch(epoch, start_batch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        return iter(self._loader)

@@ -1,0 +1,36 @@
+"""Top-k accuracy and loss over a loader, as sums so ranks can add them up."""
+import paddle
+
+
+@paddle.no_grad()
+def evaluate_sums(model, loader, loss_fn=None, topk=(1, 5)) -> dict:
+    """Returns {'count', 'loss_sum', 'correct@k'...} as float64 sums over this process's data.
+
+    Runs in fp32 with the model in eval mode; restores the previous mode after."""
+    was_training = model.training
+    model.eval()
+    sums = {"count": 0.0, "loss_sum": 0.0, **{f"correct@{k}": 0.0 for k in topk}}
+    try:
+        for images, labels in loader:
+            logits = model(images).astype("float32")
+            n = labels.shape[0]
+            k_max = min(max(topk), logits.shape[-1])
+            top = paddle.topk(logits, k_max, axis=-1)[1]
+            hits = (top == labels.reshape([-1, 1])).astype("float32")
+            for k in topk:
+                sums[f"correct@{k}"] += float(hits[:, :k].sum())
+            if loss_fn is not None:
+                sums["loss_sum"] += float(loss_fn(logits, labels)) * n
+            sums["count"] += n
+    finally:
+        if was_training:
+            model.train()
+    return sums
+
+
+def sums_to_metrics(sums: dict) -> dict:
+    count = max(sums["count"], 1.0)
+    metrics = {f"top{k.split('@')[1]}": v / count for k, v in sums.items() if k.startswith("correct@")}
+    metrics["loss"] = sums["loss_sum"] / count
+    metrics["count"] = int(sums["count"])
+    return metrics

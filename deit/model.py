@@ -1,0 +1,162 @@
+"""The Vision Transformer used by DeiT, with PLSC's factory names and state_dict keys."""
+from functools import partial
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+_zeros = nn.initializer.Constant(0.0)
+_ones = nn.initializer.Constant(1.0)
+
+
+def drop_path(x, rate: float, training: bool):
+    """Stochastic depth per sample (timm's drop_path): scale the kept samples by 1/keep."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = paddle.floor(keep + paddle.rand([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype))
+    return x / keep * mask
+
+
+class DropPath(nn.Layer):
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x):
+        return drop_path(x, self.rate, self.training)
+
+
+class Mlp(nn.Layer):
+    def __init__(self, dim, hidden, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Attention(nn.Layer):
+    """Multi-head self attention through the fused scaled_dot_product_attention kernel.
+
+    qkv is split along the head axis (no `qkv[0]` indexing, whose slice backward is slow) and
+    kept in the [batch, tokens, heads, head_dim] layout the fused kernel takes, so no transposes.
+    """
+
+    def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape([b, n, 3 * self.num_heads, c // self.num_heads])
+        q, k, v = paddle.split(qkv, 3, axis=2)  # backward is one concat (unbind's is slow)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop,
+                                             training=self.training)
+        return self.proj_drop(self.proj(out.reshape([b, n, c])))
+
+
+class Block(nn.Layer):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, drop=0.0, drop_path_rate=0.0):
+        super().__init__()
+        norm = partial(nn.LayerNorm, epsilon=1e-6)
+        self.norm1 = norm(dim)
+        self.attn = Attention(dim, num_heads, proj_drop=drop)
+        self.drop_path = DropPath(drop_path_rate)
+        self.norm2 = norm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Layer):
+    def __init__(self, img_size, patch_size, in_chans, embed_dim):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.num_patches = (img_size // patch_size) ** 2
+        self.proj = nn.Conv2D(in_chans, embed_dim, patch_size, stride=patch_size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose([0, 2, 1])
+
+
+class VisionTransformer(nn.Layer):
+    """ViT as in DeiT: patch conv, cls token, learned position embedding, pre-norm blocks,
+    final LayerNorm, linear head on the cls token. Drop-path grows linearly over depth."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, class_num=1000, embed_dim=768,
+                 depth=12, num_heads=12, mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
+                 init="deit"):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.class_num, self.img_size, self.patch_size = class_num, img_size, patch_size
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.pos_embed = self.create_parameter([1, num_patches + 1, embed_dim], default_initializer=_zeros)
+        self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=_zeros)
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.LayerList([Block(embed_dim, num_heads, mlp_ratio, drop_rate, r) for r in rates])
+        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-6)
+        self.head = nn.Linear(embed_dim, class_num) if class_num > 0 else nn.Identity()
+        init_weights(self, init)
+
+    def forward_features(self, x):
+        x = self.patch_embed(x)
+        cls = self.cls_token.expand([x.shape[0], -1, -1])
+        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 0]
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+
+def init_weights(model: VisionTransformer, scheme: str = "deit") -> None:
+    """'deit': official DeiT/timm (trunc normal std .02 for Linear weights and the tokens,
+    zero bias, LayerNorm 1/0, patch conv as the framework's default). 'plsc': PLSC's
+    factories, the same with std .002 (what PLSC's published runs used)."""
+    if scheme not in ("deit", "plsc"):
+        raise ValueError(f"Model.init must be 'deit' or 'plsc', got {scheme!r}")
+    std = 0.02 if scheme == "deit" else 0.002
+    trunc = nn.initializer.TruncatedNormal(mean=0.0, std=std, a=-2.0, b=2.0)
+    trunc(model.pos_embed)
+    trunc(model.cls_token)
+    for layer in model.sublayers():
+        if isinstance(layer, nn.Linear):
+            trunc(layer.weight)
+            _zeros(layer.bias)
+        elif isinstance(layer, nn.LayerNorm):
+            _ones(layer.weight)
+            _zeros(layer.bias)
+
+
+def _factory(patch_size, embed_dim, depth, num_heads, img_size=224):
+    def build(**kwargs):
+        return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
+                                 depth=depth, num_heads=num_heads, **kwargs)
+    return build
+
+
+DeiT_tiny_patch16_224 = _factory(16, 192, 12, 3)
+DeiT_small_patch16_224 = _factory(16, 384, 12, 6)
+DeiT_base_patch16_224 = _factory(16, 768, 12, 12)
+DeiT_base_patch16_384 = _factory(16, 768, 12, 12, img_size=384)
+
+FACTORIES = {
+    "DeiT_tiny_patch16_224": DeiT_tiny_patch16_224,
+    "DeiT_small_patch16_224": DeiT_small_patch16_224,
+    "DeiT_base_patch16_224": DeiT_base_patch16_224,
+    "DeiT_base_patch16_384": DeiT_base_patch16_384,
+}

@@ -1,0 +1,175 @@
+"""YAML configs in PLSC's layout, `-o Section.key=value` overrides, and validation.
+
+A schema is plain data: a dict whose leaves are `(kind, default)` pairs, where kind is
+"int", "float", "bool", "str", "str?" (string or null), "float2" (a pair such as
+"(0.9, 0.999)"), "list", "any", or a tuple of allowed strings. A dict leaf of the form
+`{"*": ...}` accepts any key; a section given as the string "ops" is a list of one-key
+dicts (`- CELoss: {weight: 1.0}`); the code that builds each op checks its name and kwargs.
+Validation returns a new dict with defaults filled in and values coerced.
+"""
+import ast
+import difflib
+import os
+from typing import Any, Dict, Iterable, List, Optional
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A problem the user fixes in the config file or on the command line."""
+
+
+def load_config(path: str, overrides: Iterable[str] = (), schema: Optional[dict] = None) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (Global:, Model:, ...)")
+    for item in overrides:
+        apply_override(cfg, item, schema)
+    return validate(cfg, schema, where=path) if schema is not None else cfg
+
+
+def apply_override(cfg: dict, item: str, schema: Optional[dict] = None) -> None:
+    """Set `A.b.c=value` in `cfg`; list elements are addressed by index (`ops.1.size=32`)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like Section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    node, node_schema = cfg, schema
+    for depth, part in enumerate(parts):
+        path = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node_schema, dict) and "*" not in node_schema and part not in node_schema:
+            raise ConfigError(f"unknown key {path!r} in override {item!r}{_suggest(part, node_schema)}")
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{path!r}: {parts[depth - 1]} has {len(node)} entries; "
+                                  f"address one by index 0..{len(node) - 1}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"cannot set {key!r}: {'.'.join(parts[:depth])} is not a section")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            node_schema = node_schema.get(part, node_schema.get("*")) if isinstance(node_schema, dict) else None
+
+
+def validate(cfg: Any, schema: Any, where: str = "config", path: str = "") -> Any:
+    if isinstance(schema, tuple):
+        return _coerce(cfg, schema[0], f"{where}: {path}")
+    if schema == "ops":
+        return _validate_ops(cfg, where, path)
+    if isinstance(schema, dict):
+        if cfg is None:
+            cfg = {}
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{where}: {path or 'top level'} must be a section (a mapping), "
+                              f"got {type(cfg).__name__}")
+        if "*" in schema:
+            return {k: validate(v, schema["*"], where, _join(path, k)) for k, v in cfg.items()}
+        for key in cfg:
+            if key not in schema:
+                raise ConfigError(f"{where}: unknown key {_join(path, key)!r}{_suggest(key, schema)}")
+        return {key: validate(cfg.get(key, _default(sub)), sub, where, _join(path, key))
+                for key, sub in schema.items()}
+    raise TypeError(f"bad schema node at {path!r}: {schema!r}")
+
+
+def _default(sub):
+    return sub[1] if isinstance(sub, tuple) else ([] if sub == "ops" else None)
+
+
+def _validate_ops(cfg, where, path) -> List[dict]:
+    if cfg is None:
+        return []
+    if not isinstance(cfg, list):
+        raise ConfigError(f"{where}: {path} must be a list of `- Name: {{kwargs}}` entries")
+    out = []
+    for i, entry in enumerate(cfg):
+        if isinstance(entry, str):
+            entry = {entry: {}}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ConfigError(f"{where}: {path}[{i}] must be one `Name: {{kwargs}}` mapping, got {entry!r}")
+        (name, kwargs), = entry.items()
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ConfigError(f"{where}: {path}[{i}] {name}: arguments must be a mapping, got {kwargs!r}")
+        out.append({name: dict(kwargs or {})})
+    return out
+
+
+def _coerce(value, kind, label):
+    if kind == "any" or (value is None and kind in ("str?", "any")):
+        return value
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or not (isinstance(value, int) or
+                                               (isinstance(value, float) and value.is_integer())):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(_number(value))
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind in ("str", "str?"):
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+        if kind == "float2":
+            pair = ast.literal_eval(value) if isinstance(value, str) else value
+            if len(pair) != 2:
+                raise ValueError
+            return [float(_number(v)) for v in pair]
+        if kind == "list":
+            if not isinstance(value, list):
+                raise ValueError
+            return value
+        if isinstance(kind, tuple):
+            if value not in kind:
+                raise ConfigError(f"{label} must be one of {', '.join(map(str, kind))}; got {value!r}"
+                                  f"{_suggest(str(value), kind)}")
+            return value
+    except (ValueError, TypeError, SyntaxError):
+        wanted = {"int": "an integer", "float": "a number", "bool": "true or false",
+                  "str": "a string", "str?": "a string or null", "float2": "a pair like (0.9, 0.999)",
+                  "list": "a list"}[kind]
+        raise ConfigError(f"{label} must be {wanted}, got {value!r}") from None
+    raise TypeError(f"unknown schema kind {kind!r}")
+
+
+def _number(value):
+    """YAML 1.1 reads `1e-3` as a string and PLSC writes `1.0/255.0`: accept both."""
+    if isinstance(value, (int, float)):
+        return value
+    text = str(value).strip()
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+def _join(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(str(key), [str(o) for o in options if o != "*"], n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,26 @@
+"""Rank, world size and sums over paddle.distributed; all no-ops in a single process."""
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def all_reduce_sums(values: dict) -> dict:
+    """Sum a dict of floats over all ranks (one collective for the whole dict)."""
+    if world_size() == 1:
+        return dict(values)
+    keys = sorted(values)
+    t = paddle.to_tensor(np.array([values[k] for k in keys], dtype=np.float64))
+    dist.all_reduce(t)
+    return dict(zip(keys, t.numpy().tolist()))

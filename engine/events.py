@@ -1,0 +1,16 @@
+"""The events an Engine fires, in the order a successful epoch meets them."""
+from enum import Enum
+
+
+class Events(str, Enum):
+    """Each value is also the name of the Hook method that handles the event."""
+
+    STARTED = "started"
+    EPOCH_START = "epoch_start"
+    ITER_START = "iter_start"
+    AFTER_BACKWARD = "after_backward"
+    ITER_END = "iter_end"
+    EPOCH_END = "epoch_end"
+    EVAL_END = "eval_end"
+    COMPLETED = "completed"
+    EXCEPTION = "exception"

@@ -1,0 +1,39 @@
+"""Everything a hook may read about the run, in one place."""
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+
+@dataclass
+class State:
+    """Counters are incremented *before* their START event, so at ITER_END
+    `iteration` is the number of completed optimizer steps and `epoch_iter`
+    the number of completed steps in the current (1-based) `epoch`."""
+
+    max_epochs: int = 1
+    iters_per_epoch: Optional[int] = None
+    epoch: int = 0
+    iteration: int = 0
+    epoch_iter: int = 0
+    seed: int = 0
+    batch: Any = None
+    output: Any = None
+    metrics: Dict[str, float] = field(default_factory=dict)
+    should_stop: bool = False
+    exception: Optional[BaseException] = None
+
+    @property
+    def max_iterations(self) -> Optional[int]:
+        if self.iters_per_epoch is None:
+            return None
+        return self.max_epochs * self.iters_per_epoch
+
+    def every(self, n: int, unit: str = "step") -> bool:
+        """True when the step (or, for unit='epoch', the epoch) just completed is a multiple of n."""
+        count = self.iteration if unit == "step" else self.epoch
+        return n > 0 and count > 0 and count % n == 0
+
+    def is_last_epoch(self) -> bool:
+        return self.epoch >= self.max_epochs
+
+    def counters(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "iteration": self.iteration, "epoch_iter": self.epoch_iter}

@@ -1,0 +1,46 @@
+"""Evaluates top-1/top-5 and loss every `interval` epochs or steps; tracks the best top-1.
+
+Counts are summed over ranks (each image is seen by exactly one rank), so the numbers are
+exact under data parallel. Publishes `state.metrics["eval"]` and fires EVAL_END.
+"""
+import time
+
+from engine import Events, Hook, dist
+from deit.evaluate import evaluate_sums, sums_to_metrics
+
+
+class Evaluate(Hook):
+    priority = 30
+
+    def __init__(self, model, loader, loss_fn=None, interval: int = 1, unit: str = "epoch",
+                 topk=(1, 5)):
+        self.model, self.loader, self.loss_fn = model, loader, loss_fn
+        self.interval, self.unit, self.topk = interval, unit, tuple(topk)
+        self.best_top1, self.best_epoch = -1.0, 0
+
+    def iter_end(self, engine):
+        if self.unit == "step" and engine.state.every(self.interval):
+            self.evaluate(engine)
+
+    def epoch_end(self, engine):
+        state = engine.state
+        if self.unit == "epoch" and (state.every(self.interval, "epoch") or state.is_last_epoch()):
+            self.evaluate(engine)
+
+    def evaluate(self, engine):
+        start = time.perf_counter()
+        metrics = sums_to_metrics(dist.all_reduce_sums(
+            evaluate_sums(self.model, self.loader, self.loss_fn, self.topk)))
+        state = engine.state
+        if metrics["top1"] > self.best_top1:
+            self.best_top1, self.best_epoch = metrics["top1"], state.epoch
+        state.metrics["eval"] = {"event": "eval", **state.counters(), **metrics,
+                                 "best_top1": self.best_top1, "best_epoch": self.best_epoch,
+                                 "eval_time": time.perf_counter() - start}
+        engine.fire(Events.EVAL_END)
+
+    def state_dict(self):
+        return {"best_top1": self.best_top1, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state):
+        self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]

@@ -1,0 +1,105 @@
+"""What a person watching the run sees: a rich progress bar and tables on a terminal,
+plain log lines elsewhere (CI, files). Rank 0 only."""
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from engine import Hook, dist
+
+from .train_meter import fresh
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+class Progress(Hook):
+    priority = 95
+
+    def __init__(self, mode: str = "auto", stream=None):
+        self.stream = stream or sys.stdout
+        if mode == "auto":
+            mode = "rich" if self.stream.isatty() else "plain"
+        self.mode = mode if dist.is_main() else "off"
+        self.console = Console(file=self.stream, highlight=False)
+        self.bar = self.task = None
+
+    def started(self, engine):
+        self.start_time = time.perf_counter()
+
+    def epoch_start(self, engine):
+        if self.mode == "rich":
+            self.bar = RichProgress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                                    BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                    TimeRemainingColumn(), console=self.console, transient=False)
+            state = engine.state
+            self.task = self.bar.add_task("train", total=state.iters_per_epoch, completed=state.epoch_iter,
+                                          epoch=state.epoch, epochs=state.max_epochs, info="")
+            self.bar.start()
+
+    def iter_end(self, engine):
+        record = fresh(engine.state, "train")
+        if self.mode == "rich":
+            info = _train_text(record) if record else None
+            self.bar.update(self.task, completed=engine.state.epoch_iter,
+                            **({"info": info} if info else {}))
+        elif self.mode == "plain" and record:
+            self.console.print(f"epoch {record['epoch']} iter {record['epoch_iter']}/"
+                               f"{engine.state.iters_per_epoch} " + _train_text(record))
+
+    def epoch_end(self, engine):
+        self._stop_bar()
+
+    def eval_end(self, engine):
+        if self.mode == "off":
+            return
+        rec = engine.state.metrics["eval"]
+        if self.mode == "plain":
+            self.console.print(f"eval epoch {rec['epoch']} iter {rec['iteration']}: top1 {rec['top1']:.4f} "
+                               f"top5 {rec.get('top5', float('nan')):.4f} loss {rec['loss']:.4f} "
+                               f"(best top1 {rec['best_top1']:.4f} at epoch {rec['best_epoch']})")
+        else:
+            self.console.print(_table(f"Evaluation after epoch {rec['epoch']}", {
+                "top-1": f"{rec['top1']:.2%}", "top-5": f"{rec.get('top5', float('nan')):.2%}",
+                "loss": f"{rec['loss']:.4f}", "images": str(rec["count"]),
+                "best top-1": f"{rec['best_top1']:.2%} (epoch {rec['best_epoch']})"}))
+
+    def completed(self, engine):
+        self._stop_bar()
+        if self.mode == "off":
+            return
+        state = engine.state
+        ev, tr = state.metrics.get("eval", {}), state.metrics.get("train", {})
+        summary = {"epochs": str(state.epoch), "steps": str(state.iteration),
+                   "time": f"{time.perf_counter() - self.start_time:.1f} s",
+                   "train img/s": _fmt(tr.get("img_per_s"), ".1f")}
+        if ev:
+            summary.update({"final top-1": f"{ev['top1']:.2%}",
+                            "best top-1": f"{ev['best_top1']:.2%} (epoch {ev['best_epoch']})"})
+        if self.mode == "plain":
+            self.console.print("done: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+        else:
+            self.console.print(_table("Training finished", summary))
+
+    def exception(self, engine):
+        self._stop_bar()
+
+    def _stop_bar(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _train_text(r) -> str:
+    return (f"loss {r['loss']:.4f} lr {_fmt(r['lr'], '.3e')} img/s {_fmt(r['img_per_s'], '.1f')} "
+            f"eta {_fmt(r['eta_s'], '.0f')}s")
+
+
+def _table(title: str, rows: dict) -> Table:
+    table = Table(title=title, show_header=False)
+    for key, value in rows.items():
+        table.add_row(key, value)
+    return table

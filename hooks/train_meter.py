@@ -1,0 +1,69 @@
+"""Windowed training statistics: loss, images/s, data vs compute time, ETA.
+
+Sums the loss on the device and reads it back only every `every` steps (and at the end of an
+epoch), so there is no host-device sync per step. The first `warmup` steps after (re)start are
+left out of the speed figures. The latest record is `state.metrics["train"]`; loggers use it.
+"""
+import time
+
+from engine import Hook, dist
+
+
+class TrainMeter(Hook):
+    priority = 0
+
+    def __init__(self, every: int = 10, warmup: int = 2):
+        self.every, self.warmup = max(1, every), warmup
+
+    def started(self, engine):
+        self.steps_seen = 0
+        self._reset_window()
+        self.last_end = time.perf_counter()
+
+    def _reset_window(self):
+        self.loss_sum, self.loss_count = None, 0
+        self.images, self.data_time, self.step_time, self.timed_steps = 0, 0.0, 0.0, 0
+        self.window_start = time.perf_counter()
+
+    def iter_start(self, engine):
+        self.step_start = time.perf_counter()
+        self.data_wait = self.step_start - self.last_end
+
+    def iter_end(self, engine):
+        state, out = engine.state, engine.state.output
+        now = time.perf_counter()
+        self.steps_seen += 1
+        loss = out["loss"]
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        self.loss_count += 1
+        if self.steps_seen > self.warmup:
+            self.images += out["batch_size"]
+            self.data_time += self.data_wait
+            self.step_time += now - self.step_start
+            self.timed_steps += 1
+        end_of_epoch = state.iters_per_epoch and state.epoch_iter >= state.iters_per_epoch
+        if state.every(self.every) or end_of_epoch:
+            state.metrics["train"] = self._record(state)
+            self._reset_window()
+        self.last_end = time.perf_counter()
+
+    def _record(self, state) -> dict:
+        busy = self.data_time + self.step_time
+        per_step = busy / self.timed_steps if self.timed_steps else None
+        remaining = (state.max_iterations or state.iteration) - state.iteration
+        return {
+            "event": "train", **state.counters(),
+            "loss": float(self.loss_sum) / self.loss_count,
+            "lr": state.metrics.get("lr"),
+            "img_per_s": self.images * dist.world_size() / busy if busy and self.images else None,
+            "img_per_s_per_device": self.images / busy if busy and self.images else None,
+            "data_fraction": self.data_time / busy if busy else None,
+            "step_time": per_step,
+            "eta_s": per_step * remaining if per_step is not None else None,
+        }
+
+
+def fresh(state, kind: str):
+    """The record of `kind` ('train' or 'eval') if it was produced at this very iteration."""
+    record = state.metrics.get(kind)
+    return record if record and record["iteration"] == state.iteration else None

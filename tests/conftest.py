@@ -1,0 +1,36 @@
+"""Shared fixtures: threads before Paddle loads, a tiny generated dataset, a tiny config."""
+import os
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """The demo's shapes, 12 train / 4 val images per class: PLSC list-file layout."""
+    from deit.data.demo import ensure_demo_dataset
+    return ensure_demo_dataset(str(tmp_path_factory.mktemp("data") / "shapes"),
+                               train_per_class=12, val_per_class=4)
+
+
+@pytest.fixture
+def tiny_config(tiny_dataset, tmp_path):
+    """configs/demo.yaml shrunk to seconds: depth 2, dim 32, 2 epochs, batch 16, no workers."""
+    with open(os.path.join(ROOT, "configs", "demo.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["Global"].update(output_dir=str(tmp_path / "out"), epochs=2, print_batch_step=2)
+    cfg["Model"].update(embed_dim=32, depth=2, num_heads=2)
+    for split, name in (("Train", "train_list.txt"), ("Eval", "val_list.txt")):
+        section = cfg["DataLoader"][split]
+        section["dataset"].update(name="ImageNetDataset", image_root=tiny_dataset,
+                                  cls_label_path=os.path.join(tiny_dataset, name))
+        section["sampler"]["batch_size"] = 16
+        section["loader"]["num_workers"] = 0
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
