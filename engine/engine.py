@@ -135,7 +135,7 @@ class Engine:
         return {
             "counters": self.state.counters(),
             "model": self.model.state_dict() if self.model is not None else None,
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "optimizer": self._optimizer_state(to_structured=True),
             "hooks": hooks,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                     "paddle": _paddle_rng_get()},
@@ -149,7 +149,7 @@ class Engine:
         if self.model is not None and ckpt.get("model") is not None:
             self.model.set_state_dict(ckpt["model"])
         if self.optimizer is not None and ckpt.get("optimizer") is not None:
-            self.optimizer.set_state_dict(ckpt["optimizer"])
+            self.optimizer.set_state_dict(self._optimizer_state(ckpt["optimizer"], to_structured=False))
         saved_hooks = ckpt.get("hooks", {})
         for hook in self._hooks:
             if hook.state_key() in saved_hooks:
@@ -159,6 +159,31 @@ class Engine:
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
             _paddle_rng_set(rng["paddle"])
+
+
+    def _optimizer_state(self, state=None, to_structured=True):
+        """Paddle keys optimizer state by internal parameter names (`linear_3.w_0_moment1_0`),
+        which depend on how many layers the process built before; checkpoints use the model's
+        structured names (`blocks.0.attn.qkv.weight_moment1_0`) so they load anywhere."""
+        if self.optimizer is None:
+            return None
+        if state is None:
+            state = self.optimizer.state_dict()
+        pairs = [(p.name, n) for n, p in self.model.named_parameters()] if self.model is not None else []
+        src_dst = pairs if to_structured else [(n, i) for i, n in pairs]
+        src_dst.sort(key=lambda pair: -len(pair[0]))
+        lookup = dict(src_dst)
+
+        def rename(key):
+            if key in lookup:
+                return lookup[key]
+            for src, dst in src_dst:
+                if key.startswith(src + "_"):
+                    return dst + key[len(src):]
+            return key
+
+        return {rename(k): ({rename(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v)
+                for k, v in state.items()}
 
 
 def _len_or_none(data) -> Optional[int]:

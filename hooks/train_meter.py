@@ -42,7 +42,7 @@ class TrainMeter(Hook):
             self.step_time += now - self.step_start
             self.timed_steps += 1
         end_of_epoch = state.iters_per_epoch and state.epoch_iter >= state.iters_per_epoch
-        if state.every(self.every) or end_of_epoch:
+        if state.epoch_iter % self.every == 0 or end_of_epoch:
             state.metrics["train"] = self._record(state)
             self._reset_window()
         self.last_end = time.perf_counter()

@@ -1,0 +1,86 @@
+"""run.py end to end on the demo config shrunk to seconds: outputs, eval, dry run, custom hooks."""
+import json
+import os
+
+import paddle
+import pytest
+
+import run
+
+
+def _train(tiny_config, *overrides):
+    assert run.main(["-c", tiny_config, *sum((["-o", o] for o in overrides), [])]) == 0
+
+
+def _out(tiny_config):
+    return os.path.join(os.path.dirname(tiny_config), "out")
+
+
+def test_train_writes_final_weights_metrics_and_config(tiny_config):
+    _train(tiny_config)
+    out = _out(tiny_config)
+    final = paddle.load(os.path.join(out, "final.pdparams"))
+    assert "blocks.1.mlp.fc2.weight" in final and list(final["head.weight"].shape) == [32, 10]
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    train = [r for r in records if r["event"] == "train"]
+    evals = [r for r in records if r["event"] == "eval"]
+    # 120 images / batch 16 with drop_last = 7 steps per epoch, reports every 2 steps + epoch end
+    assert [r["iteration"] for r in train] == [2, 4, 6, 7, 9, 11, 13, 14]
+    for r in train:
+        assert {"epoch", "iteration", "loss", "lr", "img_per_s"} <= set(r)
+        assert r["loss"] > 0 and r["lr"] > 0
+    assert [r["epoch"] for r in evals] == [1, 2]
+    for r in evals:
+        assert 0 <= r["top1"] <= r["top5"] <= 1 and r["count"] == 40
+    assert os.path.isfile(os.path.join(out, "config.yaml"))
+    assert open(os.path.join(out, "latest.txt")).read().strip() == "epoch_2.pdckpt"
+
+
+def test_eval_mode_reports_the_same_top1_as_training(tiny_config, capsys):
+    _train(tiny_config)
+    out = _out(tiny_config)
+    last_eval = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"eval"' in l][-1]
+    capsys.readouterr()
+    assert run.main(["-c", tiny_config, "--eval", "-o", f"Global.pretrained_model={out}/final"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{last_eval['top1']:.4f}" in printed
+
+
+def test_eval_without_weights_is_a_clear_error(tiny_config, capsys):
+    assert run.main(["-c", tiny_config, "--eval"]) == 2
+    assert "Global.pretrained_model" in capsys.readouterr().err
+
+
+def test_dry_run_lists_hooks_in_firing_order_and_writes_nothing(tiny_config, capsys):
+    assert run.main(["-c", tiny_config, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    iter_end = next(l for l in text.splitlines() if l.startswith("ITER_END"))
+    assert iter_end.index("TrainMeter") < iter_end.index("Checkpoint") < iter_end.index("MetricsLog")
+    assert not os.path.exists(_out(tiny_config))
+
+
+def test_custom_hook_from_yaml_can_stop_training(tiny_config, tmp_path, monkeypatch):
+    (tmp_path / "my_hooks.py").write_text(
+        "from engine import Hook\n"
+        "class StopAtStep(Hook):\n"
+        "    def __init__(self, step): self.step = step\n"
+        "    def iter_end(self, engine):\n"
+        "        if engine.state.iteration >= self.step:\n"
+        "            engine.terminate()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _train(tiny_config, "Hooks=[{my_hooks.StopAtStep: {step: 3}}]")
+    records = [json.loads(l) for l in open(os.path.join(_out(tiny_config), "metrics.jsonl"))]
+    assert max(r["iteration"] for r in records) == 3
+    assert os.path.isfile(os.path.join(_out(tiny_config), "final.pdparams"))
+
+
+def test_unknown_custom_hook_is_a_clear_error(tiny_config, capsys):
+    assert run.main(["-c", tiny_config, "-o", "Hooks=[{no_such_mod.Hook: {}}]"]) == 2
+    assert "no_such_mod.Hook" in capsys.readouterr().err
+
+
+def test_resume_from_latest_checkpoint_continues_counters(tiny_config):
+    _train(tiny_config, "Global.epochs=1")
+    _train(tiny_config, "Global.epochs=2", "Global.checkpoint=auto")
+    records = [json.loads(l) for l in open(os.path.join(_out(tiny_config), "metrics.jsonl"))]
+    assert [r["iteration"] for r in records if r["event"] == "train"] == [2, 4, 6, 7, 9, 11, 13, 14]

@@ -1,0 +1,79 @@
+"""The ViT against timm (fixture), PLSC's parameter names/shapes and published sizes."""
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from deit.model import FACTORIES, VisionTransformer
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def _n_params(model):
+    return sum(int(np.prod(p.shape)) for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("DeiT_tiny_patch16_224", 5_717_416), ("DeiT_small_patch16_224", 22_050_664),
+    ("DeiT_base_patch16_224", 86_567_656), ("DeiT_base_patch16_384", 86_859_496)])
+def test_parameter_counts_match_the_published_models(name, expected):
+    assert _n_params(FACTORIES[name](class_num=1000)) == expected
+
+
+def plsc_keys(embed_dim, depth, num_patches, class_num=1000, patch=16, mlp_ratio=4):
+    """PLSC's DeitVisionTransformer state_dict, derived by hand from plsc/models/deit.py:
+    Paddle Linear weights are [in, out], conv kernels [out, in, k, k]."""
+    d, h = embed_dim, embed_dim * mlp_ratio
+    keys = {"pos_embed": [1, num_patches + 1, d], "cls_token": [1, 1, d],
+            "patch_embed.proj.weight": [d, 3, patch, patch], "patch_embed.proj.bias": [d],
+            "norm.weight": [d], "norm.bias": [d], "head.weight": [d, class_num], "head.bias": [class_num]}
+    for i in range(depth):
+        b = f"blocks.{i}."
+        keys.update({b + "norm1.weight": [d], b + "norm1.bias": [d],
+                     b + "attn.qkv.weight": [d, 3 * d], b + "attn.qkv.bias": [3 * d],
+                     b + "attn.proj.weight": [d, d], b + "attn.proj.bias": [d],
+                     b + "norm2.weight": [d], b + "norm2.bias": [d],
+                     b + "mlp.fc1.weight": [d, h], b + "mlp.fc1.bias": [h],
+                     b + "mlp.fc2.weight": [h, d], b + "mlp.fc2.bias": [d]})
+    return keys
+
+
+@pytest.mark.parametrize("name, dim, patches", [("DeiT_tiny_patch16_224", 192, 196),
+                                                ("DeiT_base_patch16_384", 768, 576)])
+def test_state_dict_keys_and_shapes_equal_plsc(name, dim, patches):
+    model = FACTORIES[name]()
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == plsc_keys(dim, 12, patches)
+
+
+def timm_to_paddle(weights: dict) -> dict:
+    """timm keys equal ours; Linear weights are [out, in] in torch and [in, out] in Paddle."""
+    return {k: (v.T if v.ndim == 2 and k.endswith("weight") else v) for k, v in weights.items()}
+
+
+def test_logits_match_timm_fixture():
+    f = np.load(os.path.join(FIXTURES, "timm_vit_tiny.npz"))
+    weights = timm_to_paddle({k[2:]: f[k] for k in f.files if k.startswith("w/")})
+    model = VisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, class_num=10)
+    missing, unexpected = model.set_state_dict({k: paddle.to_tensor(v) for k, v in weights.items()})
+    assert not missing and not unexpected
+    model.eval()
+    out = model(paddle.to_tensor(f["x"])).numpy()
+    assert np.abs(out - f["logits"]).max() < 1e-4
+
+
+def test_drop_path_rates_grow_linearly_over_depth():
+    model = VisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=5, num_heads=2,
+                              class_num=10, drop_path_rate=0.2)
+    assert [round(b.drop_path.rate, 6) for b in model.blocks] == [0.0, 0.05, 0.1, 0.15, 0.2]
+
+
+@pytest.mark.parametrize("scheme, std", [("deit", 0.02), ("plsc", 0.002)])
+def test_init_schemes(scheme, std):
+    paddle.seed(0)
+    model = FACTORIES["DeiT_small_patch16_224"](init=scheme)
+    w = model.blocks[0].mlp.fc1.weight.numpy()
+    assert abs(w.std() - std) / std < 0.02 and abs(w.mean()) < std / 50
+    assert np.all(model.blocks[0].mlp.fc1.bias.numpy() == 0)
+    assert np.all(model.norm.weight.numpy() == 1) and np.all(model.norm.bias.numpy() == 0)
