@@ -28,6 +28,7 @@ from .loss import LOSSES
 from .model import FACTORIES, VisionTransformer
 from .optim import build_adamw
 from .precision import Precision
+from .pretrained import fit_state_dict
 from .schedule import TimmCosine
 from .step import make_train_step
 
@@ -134,7 +135,8 @@ def import_hook(dotted: str, kwargs: dict) -> Hook:
 
 
 def load_pretrained(model, prefix: str) -> None:
-    """PLSC's `Global.pretrained_model`: a path prefix, `.pdparams` appended if missing."""
+    """PLSC's `Global.pretrained_model`: a path prefix, `.pdparams` appended if missing.
+    A different class count drops the head; a different image size resamples pos_embed."""
     path = prefix if prefix.endswith(".pdparams") else prefix + ".pdparams"
     if not os.path.isfile(path):
         raise CheckpointError(f"Global.pretrained_model: {path} does not exist")
@@ -142,14 +144,13 @@ def load_pretrained(model, prefix: str) -> None:
         state = paddle.load(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise CheckpointError(f"Global.pretrained_model: {path} is not a readable .pdparams file ({exc})") from None
-    own = model.state_dict()
-    bad = [f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
-           for k, v in state.items() if k in own and list(v.shape) != list(own[k].shape)]
-    missing = sorted(set(own) - set(state))
-    if bad or missing:
-        raise CheckpointError(f"Global.pretrained_model: {path} does not fit Model.name="
-                              f"{type(model).__name__}: " + "; ".join(bad + [f"missing {k}" for k in missing[:10]]))
-    model.set_state_dict(state)
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise CheckpointError(f"Global.pretrained_model: {path} is not a model state_dict "
+                              f"(a training checkpoint goes to Global.checkpoint)")
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    arrays = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in state.items()}
+    fitted = fit_state_dict(arrays, expected, f"Global.pretrained_model {path}")
+    model.set_state_dict({k: paddle.to_tensor(v) for k, v in fitted.items()})
 
 
 def build_training(cfg) -> Engine:

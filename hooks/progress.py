@@ -24,7 +24,7 @@ class Progress(Hook):
         if mode == "auto":
             mode = "rich" if self.stream.isatty() else "plain"
         self.mode = mode if dist.is_main() else "off"
-        self.console = Console(file=self.stream, highlight=False)
+        self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
         self.bar = self.task = None
 
     def started(self, engine):

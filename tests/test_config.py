@@ -84,7 +84,7 @@ def _run_cli(*args, cwd=None):
 
 @pytest.mark.parametrize("case", ["missing_config", "invalid_yaml", "unknown_key", "wrong_type",
                                   "missing_image_root", "missing_list_file", "bad_list_line"])
-def test_cli_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, tiny_config, case):
+def test_cli_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, tiny_config, tiny_dataset, case):
     out = tmp_path / "never"
     args = ["-c", tiny_config, "-o", f"Global.output_dir={out}"]
     if case == "missing_config":
@@ -107,7 +107,8 @@ def test_cli_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, tin
         expect = "DataLoader.Eval.dataset: cls_label_path"
     else:
         bad = tmp_path / "bad_list.txt"
-        bad.write_text("train/circle_00000.jpg 0\ntrain/circle_00001.jpg cat\n")
+        first, second = open(os.path.join(tiny_dataset, "train_list.txt")).read().splitlines()[:2]
+        bad.write_text(f"{first}\n{second.split()[0]} cat\n")
         args += ["-o", f"DataLoader.Train.dataset.cls_label_path={bad}"]
         expect = "bad_list.txt:2"
     result = _run_cli(*args)

@@ -18,6 +18,7 @@ class Loader:
         self._loader = paddle.io.DataLoader(
             dataset, batch_sampler=batch_sampler, num_workers=num_workers,
             use_shared_memory=use_shared_memory, collate_fn=collate, return_list=True,
+            persistent_workers=num_workers > 0,  # no worker start-up stall at every epoch
             timeout=0 if num_workers == 0 else 600)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
