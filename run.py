@@ -64,44 +64,28 @@ def eval_main(argv=None) -> int:
 
 
 def _train(cfg, dry_run: bool) -> int:
-    import paddle
     import yaml
     from deit.build import build_training
-    from deit.errors import CheckpointError
+    from deit.resume import read_checkpoint, resolve_checkpoint
+    from hooks.checkpoint import Interrupted
     engine = build_training(cfg)
     if dry_run:
         print(engine.describe())
         return 0
     out = cfg["Global"]["output_dir"]
-    ckpt = _resolve_checkpoint(cfg["Global"]["checkpoint"], out)
+    ckpt = resolve_checkpoint(cfg["Global"]["checkpoint"], out)
     if ckpt:
-        try:
-            state = paddle.load(ckpt)
-        except Exception as exc:  # noqa: BLE001 - unreadable file is a user error
-            raise CheckpointError(f"Global.checkpoint: cannot read {ckpt}: {exc}") from None
-        engine.load_state_dict(state)
+        engine.load_state_dict(read_checkpoint(ckpt, engine.model))
         print(f"resumed from {ckpt} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.yaml"), "w", encoding="utf-8") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
-    engine.run()
+    try:
+        engine.run()
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
     return 0
-
-
-def _resolve_checkpoint(value, output_dir):
-    """`auto`: the newest complete checkpoint in output_dir, or none for a fresh start."""
-    if not value:
-        return None
-    if value == "auto":
-        latest = os.path.join(output_dir, "latest.txt")
-        if not os.path.isfile(latest):
-            return None
-        with open(latest, encoding="utf-8") as f:
-            return os.path.join(output_dir, f.read().strip())
-    if not os.path.isfile(value):
-        from deit.errors import CheckpointError
-        raise CheckpointError(f"Global.checkpoint: {value} does not exist")
-    return value
 
 
 def _evaluate(cfg) -> int:

@@ -6,15 +6,20 @@ plain DeiT components together. Everything here validates before anything is wri
 import importlib
 import os
 import random
+import warnings
+from functools import partial
 
 import numpy as np
 import paddle
 
 from engine import Engine, Hook, dist
 from hooks.checkpoint import Checkpoint
+from hooks.ema import EMA
 from hooks.evaluate import Evaluate
+from hooks.grad_scaler import GradScaler
 from hooks.lr_schedule import LRSchedule
 from hooks.metrics_log import MetricsLog
+from hooks.nan_guard import NanGuard
 from hooks.progress import Progress
 from hooks.train_meter import TrainMeter
 
@@ -155,35 +160,55 @@ def load_pretrained(model, prefix: str) -> None:
 
 def build_training(cfg) -> Engine:
     """Everything for a training run, validated; nothing is written to output_dir here."""
-    g = cfg["Global"]
+    g, amp = cfg["Global"], cfg["FP16"]
     setup_runtime(cfg)
     train_loader = build_train_loader(cfg)
     eval_loader = build_eval_loader(cfg) if g["eval_during_train"] else None
+    batch = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
+    if g["accum_steps"] < 1 or batch % g["accum_steps"]:
+        raise SetupError(f"Global.accum_steps={g['accum_steps']} must divide "
+                         f"DataLoader.Train.sampler.batch_size={batch} into equal micro-batches")
     model = build_model(cfg["Model"])
     if g["pretrained_model"]:
         load_pretrained(model, g["pretrained_model"])
-    if cfg["FP16"]["level"] != "O0":
-        raise SetupError("FP16.level O1/O2 is not implemented yet; use -o FP16.level=O0")
-    if dist.world_size() > 1:
-        model = paddle.DataParallel(model)
     o, s = cfg["Optimizer"], cfg["LRScheduler"]
     optimizer = build_adamw(model, s["learning_rate"], **o)
-    global_batch = train_loader.batch_sampler.batch_size * dist.world_size()
+    precision, hooks = Precision(), []
+    if amp["level"] != "O0":
+        if g["device"] == "cpu":
+            warnings.filterwarnings("ignore", message="amp_guard can only be enabled")
+            print(f"note: FP16.level {amp['level']} ({amp['dtype']}) runs, but Paddle's autocast has "
+                  f"no effect on CPU: the kernels stay fp32")
+        scaler = GradScaler(precision, amp["level"], amp["dtype"], **amp["GradScaler"])
+        model, optimizer = scaler.decorate(model, optimizer, o["use_master_param"] or amp["level"] == "O2")
+        hooks.append(scaler)
+    if amp["level"] == "O0" or amp["dtype"] == "bfloat16":
+        hooks.append(NanGuard())
+    train_model = paddle.DataParallel(model) if dist.world_size() > 1 else model
+    global_batch = batch * dist.world_size()
     lr_scale = global_batch / s["scale_by_batch"] if s["scale_by_batch"] else 1.0
     schedule = TimmCosine(s["learning_rate"], s["eta_min"], s["warmup_epoch"], s["warmup_start_lr"],
                           g["epochs"], len(train_loader), s["decay_unit"], lr_scale)
-    step = make_train_step(model, build_loss(cfg["Loss"]["Train"], "Loss.Train"), optimizer,
-                           Precision(), g["accum_steps"])
+    step = make_train_step(train_model, build_loss(cfg["Loss"]["Train"], "Loss.Train"), optimizer,
+                           precision, g["accum_steps"])
     engine = Engine(step, train_loader, max_epochs=g["epochs"], model=model, optimizer=optimizer,
                     seed=g["seed"])
     out = g["output_dir"]
-    hooks = [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule),
-             Checkpoint(out, model, g["save_interval"], g["save_unit"], g["max_num_latest_checkpoint"],
-                        extra={"config": cfg}),
-             MetricsLog(os.path.join(out, "metrics.jsonl")), Progress(g["progress"])]
+    hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule),
+              Checkpoint(out, model, g["save_interval"], g["save_unit"], g["max_num_latest_checkpoint"],
+                         extra={"config": cfg}),
+              MetricsLog(os.path.join(out, "metrics.jsonl")), Progress(g["progress"])]
     if eval_loader is not None:
-        hooks.append(Evaluate(model, eval_loader, build_loss(cfg["Loss"]["Eval"], "Loss.Eval"),
-                              g["eval_interval"], g["eval_unit"], _topk(cfg)))
+        eval_loss = build_loss(cfg["Loss"]["Eval"], "Loss.Eval")
+        evaluate = partial(Evaluate, loader=eval_loader, loss_fn=eval_loss, interval=g["eval_interval"],
+                           unit=g["eval_unit"], topk=_topk(cfg), autocast=precision.autocast)
+        hooks.append(evaluate(model))
+    ema = cfg["EMA"]
+    if ema["decay"] > 0:
+        ema_model = build_model(cfg["Model"])
+        hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"]))
+        if eval_loader is not None and ema["eval_with_ema"]:
+            hooks.append(evaluate(ema_model, name="eval_ema"))
     hooks += [import_hook(name, kwargs) for entry in cfg["Hooks"] for name, kwargs in entry.items()]
     for hook in hooks:
         engine.register(hook)

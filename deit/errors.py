@@ -23,3 +23,7 @@ def unknown(kind: str, name: str, known) -> SetupError:
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return SetupError(f"unknown {kind} {name!r}{hint}; known: {', '.join(sorted(known))}")
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss in full precision: the run stops before anything is saved."""

@@ -1,18 +1,23 @@
 """Top-k accuracy and loss over a loader, as sums so ranks can add them up."""
+import contextlib
+
 import paddle
 
 
 @paddle.no_grad()
-def evaluate_sums(model, loader, loss_fn=None, topk=(1, 5)) -> dict:
+def evaluate_sums(model, loader, loss_fn=None, topk=(1, 5), autocast=contextlib.nullcontext) -> dict:
     """Returns {'count', 'loss_sum', 'correct@k'...} as float64 sums over this process's data.
 
-    Runs in fp32 with the model in eval mode; restores the previous mode after."""
+    The model runs in eval mode under `autocast` (needed for an O2-cast model); logits, top-k
+    and loss are computed in fp32. The previous train/eval mode is restored after."""
     was_training = model.training
     model.eval()
     sums = {"count": 0.0, "loss_sum": 0.0, **{f"correct@{k}": 0.0 for k in topk}}
     try:
         for images, labels in loader:
-            logits = model(images).astype("float32")
+            with autocast():
+                logits = model(images)
+            logits = logits.astype("float32")
             n = labels.shape[0]
             k_max = min(max(topk), logits.shape[-1])
             top = paddle.topk(logits, k_max, axis=-1)[1]

@@ -65,12 +65,19 @@ def fit_state_dict(state: dict, expected: dict, source: str, log=print) -> dict:
         old = state["pos_embed"].shape[1]
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], expected["pos_embed"][1])
         log(f"{source}: resampled pos_embed from {old} to {expected['pos_embed'][1]} tokens (bicubic)")
-    problems = [f"missing {k} {list(s)}" for k, s in expected.items()
-                if k not in state and not k.startswith("head.")]
-    problems += [f"unexpected {k} {list(state[k].shape)}" for k in state if k not in expected]
-    problems += [f"{k}: file {list(state[k].shape)} vs model {list(s)}"
-                 for k, s in expected.items() if k in state and list(state[k].shape) != list(s)]
+    problems = shape_problems({k: list(v.shape) for k, v in state.items()},
+                              {k: s for k, s in expected.items() if k in state or not k.startswith("head.")})
     if problems:
-        shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise CheckpointError(f"{source} does not fit the model: {shown}")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
     return state
+
+
+def shape_problems(found: dict, expected: dict, limit: int = 8) -> list:
+    """Every missing, unexpected and mis-shaped key (name -> shape lists), the first `limit`."""
+    problems = [f"missing {k} {list(s)}" for k, s in expected.items() if k not in found]
+    problems += [f"unexpected {k} {list(found[k])}" for k in found if k not in expected]
+    problems += [f"{k}: file {list(found[k])} vs model {list(s)}"
+                 for k, s in expected.items() if k in found and list(found[k]) != list(s)]
+    if len(problems) > limit:
+        problems = problems[:limit] + [f"... {len(problems) - limit} more"]
+    return problems

@@ -2,9 +2,17 @@
 import paddle
 
 
+def micro_batch_sizes(n: int, k: int) -> list:
+    """Split n samples into k near-equal parts (equal when k divides n, as the config requires;
+    a last partial batch with drop_last off may not divide)."""
+    k = min(k, n)
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
 def make_train_step(model, loss_fn, optimizer, precision, accum_steps: int = 1):
-    """PLSC's accumulation: each loaded batch is split into `accum_steps` micro-batches,
-    each backpropagated with loss / accum_steps, then one optimizer step per loaded batch.
+    """PLSC's accumulation: each loaded batch is split into `accum_steps` micro-batches, each
+    backpropagated with its share of the batch-mean loss, then one optimizer step per loaded
+    batch (so LR, EMA, loss scale and `iteration` move once per optimizer step).
 
     Returns `step(engine, batch) -> {"loss": tensor, "batch_size": int}`. The loss stays on
     the device (no host sync); hooks that report convert it when they report.
@@ -13,14 +21,12 @@ def make_train_step(model, loss_fn, optimizer, precision, accum_steps: int = 1):
     def step(engine, batch):
         images, targets = batch
         n = images.shape[0]
-        if n % accum_steps:
-            raise ValueError(f"batch of {n} images cannot be split into Global.accum_steps="
-                             f"{accum_steps} equal micro-batches: make the batch size a multiple")
-        model.train()
+        sizes = micro_batch_sizes(n, accum_steps)
         total = None
-        for images_k, targets_k in zip(paddle.split(images, accum_steps), paddle.split(targets, accum_steps)):
+        for images_k, targets_k in zip(paddle.split(images, sizes), paddle.split(targets, sizes)):
             with precision.autocast():
-                loss = loss_fn(model(images_k), targets_k) / accum_steps
+                logits = model(images_k)
+            loss = loss_fn(logits, targets_k) * (images_k.shape[0] / n)
             precision.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
         engine.fire("after_backward")

@@ -1,8 +1,10 @@
 """Evaluates top-1/top-5 and loss every `interval` epochs or steps; tracks the best top-1.
 
 Counts are summed over ranks (each image is seen by exactly one rank), so the numbers are
-exact under data parallel. Publishes `state.metrics["eval"]` and fires EVAL_END.
+exact under data parallel. Publishes `state.metrics[name]` (and `state.metrics["last_eval"]`)
+and fires EVAL_END. A second instance with name "eval_ema" evaluates the EMA weights.
 """
+import contextlib
 import time
 
 from engine import Events, Hook, dist
@@ -13,10 +15,14 @@ class Evaluate(Hook):
     priority = 30
 
     def __init__(self, model, loader, loss_fn=None, interval: int = 1, unit: str = "epoch",
-                 topk=(1, 5)):
+                 topk=(1, 5), name: str = "eval", autocast=contextlib.nullcontext):
         self.model, self.loader, self.loss_fn = model, loader, loss_fn
-        self.interval, self.unit, self.topk = interval, unit, tuple(topk)
+        self.interval, self.unit, self.topk, self.name = interval, unit, tuple(topk), name
+        self.autocast = autocast
         self.best_top1, self.best_epoch = -1.0, 0
+
+    def state_key(self):
+        return f"Evaluate:{self.name}"
 
     def iter_end(self, engine):
         if self.unit == "step" and engine.state.every(self.interval):
@@ -30,13 +36,15 @@ class Evaluate(Hook):
     def evaluate(self, engine):
         start = time.perf_counter()
         metrics = sums_to_metrics(dist.all_reduce_sums(
-            evaluate_sums(self.model, self.loader, self.loss_fn, self.topk)))
+            evaluate_sums(self.model, self.loader, self.loss_fn, self.topk, self.autocast)))
         state = engine.state
-        if metrics["top1"] > self.best_top1:
+        is_best = metrics["top1"] > self.best_top1
+        if is_best:
             self.best_top1, self.best_epoch = metrics["top1"], state.epoch
-        state.metrics["eval"] = {"event": "eval", **state.counters(), **metrics,
-                                 "best_top1": self.best_top1, "best_epoch": self.best_epoch,
-                                 "eval_time": time.perf_counter() - start}
+        record = {"event": self.name, **state.counters(), **metrics, "best_top1": self.best_top1,
+                  "best_epoch": self.best_epoch, "is_best": is_best,
+                  "eval_time": time.perf_counter() - start}
+        state.metrics[self.name] = state.metrics["last_eval"] = record
         engine.fire(Events.EVAL_END)
 
     def state_dict(self):

@@ -30,7 +30,7 @@ class MetricsLog(Hook):
         self._write(fresh(engine.state, "train"))
 
     def eval_end(self, engine):
-        self._write(engine.state.metrics.get("eval"))
+        self._write(engine.state.metrics.get("last_eval"))
 
     def completed(self, engine):
         self._close()

@@ -56,13 +56,13 @@ class Progress(Hook):
     def eval_end(self, engine):
         if self.mode == "off":
             return
-        rec = engine.state.metrics["eval"]
+        rec = engine.state.metrics["last_eval"]
         if self.mode == "plain":
-            self.console.print(f"eval epoch {rec['epoch']} iter {rec['iteration']}: top1 {rec['top1']:.4f} "
+            self.console.print(f"{rec['event']} epoch {rec['epoch']} iter {rec['iteration']}: top1 {rec['top1']:.4f} "
                                f"top5 {rec.get('top5', float('nan')):.4f} loss {rec['loss']:.4f} "
                                f"(best top1 {rec['best_top1']:.4f} at epoch {rec['best_epoch']})")
         else:
-            self.console.print(_table(f"Evaluation after epoch {rec['epoch']}", {
+            self.console.print(_table(f"{rec['event']} after epoch {rec['epoch']}", {
                 "top-1": f"{rec['top1']:.2%}", "top-5": f"{rec.get('top5', float('nan')):.2%}",
                 "loss": f"{rec['loss']:.4f}", "images": str(rec["count"]),
                 "best top-1": f"{rec['best_top1']:.2%} (epoch {rec['best_epoch']})"}))

@@ -11,10 +11,10 @@ from deit.schema import SCHEMA
 from engine.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLSC = sorted(glob.glob(os.path.join(ROOT, "..", "shared", "plsc_configs", "*.yaml")))
+PLSC = sorted(glob.glob(os.path.join(ROOT, "configs", "plsc", "*.yaml")))  # PLSC's own, unchanged
 
 
-@pytest.mark.parametrize("path", PLSC or [pytest.param(None, marks=pytest.mark.skip("no shared/"))])
+@pytest.mark.parametrize("path", PLSC)
 def test_plsc_configs_load_unchanged(path):
     cfg = load_config(path, schema=SCHEMA)
     with open(path) as f:
@@ -27,7 +27,7 @@ def test_plsc_configs_load_unchanged(path):
 
 
 def test_plsc_configs_present():
-    assert len(PLSC) == 3, "shared/plsc_configs should hold PLSC's three DeiT-B configs"
+    assert len(PLSC) == 3, "configs/plsc/ should hold PLSC's three DeiT-B configs"
 
 
 def _write(tmp_path, text):

@@ -1,6 +1,17 @@
 """A paddle.io.DataLoader over a batch sampler, exposing the sampler's `set_epoch`."""
+import ctypes
+import signal
+import sys
+
 import numpy as np
 import paddle
+
+
+def _die_with_parent(worker_id: int) -> None:
+    """Worker processes get SIGKILL when the trainer dies (even by kill -9), so no orphaned
+    worker keeps running, holding shared memory or the parent's stdout open."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def collate(samples):
@@ -19,6 +30,7 @@ class Loader:
             dataset, batch_sampler=batch_sampler, num_workers=num_workers,
             use_shared_memory=use_shared_memory, collate_fn=collate, return_list=True,
             persistent_workers=num_workers > 0,  # no worker start-up stall at every epoch
+            worker_init_fn=_die_with_parent if num_workers > 0 else None,
             timeout=0 if num_workers == 0 else 600)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

@@ -1,0 +1,55 @@
+"""Exponential moving average of the weights (timm's ModelEma, as in the official DeiT).
+
+After every optimizer step: ema = decay * ema + (1 - decay) * weights, over the whole
+state_dict, in fp32 whatever the training dtype. PLSC's `thres_steps` warm-up uses
+min(decay, (1 + n) / (10 + n)) for the n-th update. The shadow lives in a second model of the
+same architecture, so an Evaluate hook can evaluate it like any model.
+"""
+import paddle
+
+from engine import Hook
+
+
+class EMA(Hook):
+    priority = 20
+
+    def __init__(self, model, ema_model, decay: float = 0.99996, warmup: bool = False):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.model, self.ema_model, self.decay, self.warmup = model, ema_model, decay, warmup
+        self.updates = 0
+        self.ema_model.eval()
+        for p in self.ema_model.parameters():
+            p.stop_gradient = True
+        self._pairs = None
+
+    def _paired(self):
+        if self._pairs is None:
+            ema = self.ema_model.state_dict()
+            self._pairs = [(ema[name], value) for name, value in self.model.state_dict().items()]
+        return self._pairs
+
+    def started(self, engine):
+        if self.updates == 0:  # a fresh run starts the shadow at the initial (or pretrained) weights
+            with paddle.no_grad():
+                for shadow, value in self._paired():
+                    shadow.set_value(value.astype(shadow.dtype))
+
+    def current_decay(self) -> float:
+        if self.warmup:
+            return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        return self.decay
+
+    def iter_end(self, engine):
+        weight = 1.0 - self.current_decay()
+        with paddle.no_grad():
+            for shadow, value in self._paired():
+                shadow.lerp_(value if value.dtype == shadow.dtype else value.astype(shadow.dtype), weight)
+        self.updates += 1
+
+    def state_dict(self):
+        return {"updates": self.updates, "weights": self.ema_model.state_dict()}
+
+    def load_state_dict(self, state):
+        self.updates = state["updates"]
+        self.ema_model.set_state_dict(state["weights"])
