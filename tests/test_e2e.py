@@ -56,7 +56,7 @@ def test_dry_run_lists_hooks_in_firing_order_and_writes_nothing(tiny_config, cap
     text = capsys.readouterr().out
     iter_end = next(l for l in text.splitlines() if l.startswith("ITER_END"))
     assert iter_end.index("TrainMeter") < iter_end.index("Checkpoint") < iter_end.index("MetricsLog")
-    assert iter_end.index("LRSchedule") < iter_end.index("Checkpoint")
+    assert iter_end.index("NanGuard") < iter_end.index("Checkpoint")
     assert not os.path.exists(_out(tiny_config))
 
 
