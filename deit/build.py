@@ -14,6 +14,7 @@ import paddle
 
 from engine import Engine, Hook, dist
 from hooks.checkpoint import Checkpoint
+from hooks.data_health import DataHealth
 from hooks.ema import EMA
 from hooks.evaluate import Evaluate
 from hooks.grad_scaler import GradScaler
@@ -26,6 +27,7 @@ from hooks.train_meter import TrainMeter
 from .data.datasets import ImageFolder, ImageNetDataset
 from .data.demo import ensure_demo_dataset
 from .data.loader import Loader
+from .data.mixup import from_plsc as mixup_from_plsc
 from .data.sampler import ResumableBatchSampler, ShardedEvalSampler
 from .data.transforms import build_transforms
 from .errors import CheckpointError, SetupError, unknown
@@ -83,10 +85,9 @@ def build_dataset(section: dict, seed: int, where: str):
 def build_train_loader(cfg) -> Loader:
     section, g = cfg["DataLoader"]["Train"], cfg["Global"]
     dataset = build_dataset(section, g["seed"], "DataLoader.Train")
-    if section["dataset"]["batch_transform_ops"]:
-        raise SetupError("DataLoader.Train.dataset.batch_transform_ops (Mixup/CutMix) is not "
-                         "implemented yet; remove it from the config to train without it")
     s = section["sampler"]
+    batch_transform = build_batch_transform(section["dataset"]["batch_transform_ops"],
+                                            cfg["Model"]["class_num"], s["batch_size"])
     sampler = ResumableBatchSampler(
         len(dataset), s["batch_size"], shuffle=s["shuffle"], drop_last=s["drop_last"], seed=g["seed"],
         rank=dist.rank(), world_size=dist.world_size(),
@@ -94,7 +95,30 @@ def build_train_loader(cfg) -> Loader:
     if len(sampler) == 0:
         raise SetupError(f"DataLoader.Train: {len(dataset)} images give no full batch of "
                          f"{s['batch_size']} per device; lower DataLoader.Train.sampler.batch_size")
-    return Loader(dataset, sampler, **section["loader"])
+    return Loader(dataset, sampler, **section["loader"], batch_transform=batch_transform, seed=g["seed"])
+
+
+def build_batch_transform(ops, num_classes: int, batch_size: int):
+    """PLSC's `batch_transform_ops`: TransformOpSampler (Mixup/Cutmix), or Mixup/Cutmix alone."""
+    if not ops:
+        return None
+    if len(ops) != 1:
+        raise SetupError("DataLoader.Train.dataset.batch_transform_ops takes one entry "
+                         "(TransformOpSampler, Mixup or Cutmix)")
+    (name, kwargs), = ops[0].items()
+    if name == "TransformOpSampler":
+        spec = kwargs
+    elif name in ("Mixup", "Cutmix"):
+        spec = {name: {"prob": 1.0, **kwargs}}
+    else:
+        raise unknown("batch transform op", name, ["TransformOpSampler", "Mixup", "Cutmix"])
+    if batch_size % 2:
+        raise SetupError(f"Mixup/CutMix pair each image with the reversed batch and need an even "
+                         f"DataLoader.Train.sampler.batch_size (got {batch_size})")
+    try:
+        return mixup_from_plsc(spec, num_classes)
+    except (TypeError, ValueError) as exc:
+        raise SetupError(f"DataLoader.Train.dataset.batch_transform_ops {name}: {exc}") from None
 
 
 def build_eval_loader(cfg) -> Loader:
@@ -197,7 +221,8 @@ def build_training(cfg) -> Engine:
     hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule),
               Checkpoint(out, model, g["save_interval"], g["save_unit"], g["max_num_latest_checkpoint"],
                          extra={"config": cfg}),
-              MetricsLog(os.path.join(out, "metrics.jsonl")), Progress(g["progress"])]
+              MetricsLog(os.path.join(out, "metrics.jsonl")), Progress(g["progress"]),
+              DataHealth(train_loader.dataset)]
     if eval_loader is not None:
         eval_loss = build_loss(cfg["Loss"]["Eval"], "Loss.Eval")
         evaluate = partial(Evaluate, loader=eval_loader, loss_fn=eval_loss, interval=g["eval_interval"],

@@ -4,6 +4,7 @@ A dataset item is addressed by an int or by `(index, epoch)`: the sampler yields
 that every random choice for sample i of epoch e comes from an RNG seeded by (seed, epoch, i),
 whatever the number of workers or the point a run was resumed from.
 """
+import multiprocessing
 import os
 from typing import Callable, List, Optional, Tuple
 
@@ -24,7 +25,20 @@ class ImageDataset:
             raise DataError("dataset is empty")
         self.samples, self.transform, self.seed = samples, transform, seed
         self.max_bad_fraction = max_bad_fraction
-        self.bad_files: set = set()
+        self.bad_files: set = set()                       # this process's, to log each once
+        self._bad_count = multiprocessing.Value("i", 0)   # shared with the loader's workers
+        self._fatal = multiprocessing.Array("c", 2048)    # a worker's DataError, for the parent
+
+    @property
+    def bad_count(self) -> int:
+        """Unreadable files met so far, over all worker processes."""
+        return self._bad_count.value
+
+    @property
+    def fatal_error(self) -> str:
+        """The message of a DataError raised in a worker process ('' if none): Paddle's loader
+        reports only that a worker failed, so the loader re-raises this one instead."""
+        return self._fatal.value.decode("utf-8", "replace")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -53,11 +67,15 @@ class ImageDataset:
         """Log a corrupt file once, stop if too many are bad, else pick another sample."""
         if path not in self.bad_files:
             self.bad_files.add(path)
+            with self._bad_count.get_lock():
+                self._bad_count.value += 1
             print(f"warning: skipping unreadable image {path}: {exc}", flush=True)
-        if len(self.bad_files) > max(1, self.max_bad_fraction * len(self.samples)):
-            raise DataError(f"{len(self.bad_files)} unreadable images (more than "
-                            f"{self.max_bad_fraction:.1%} of {len(self.samples)}), the latest {path}; "
-                            f"fix the dataset or raise DataLoader.*.dataset.max_bad_fraction")
+        if self.bad_count > max(1, self.max_bad_fraction * len(self.samples)):
+            message = (f"{self.bad_count} unreadable images (more than {self.max_bad_fraction:.1%} "
+                       f"of {len(self.samples)}), the latest {path}; fix the dataset or raise "
+                       f"DataLoader.*.dataset.max_bad_fraction")
+            self._fatal.value = message.encode("utf-8")[:2047]
+            raise DataError(message)
         return int(rng.integers(len(self.samples)))
 
 

@@ -6,6 +6,8 @@ import sys
 import numpy as np
 import paddle
 
+from ..errors import DataError
+
 
 def _die_with_parent(worker_id: int) -> None:
     """Worker processes get SIGKILL when the trainer dies (even by kill -9), so no orphaned
@@ -22,10 +24,16 @@ def collate(samples):
 
 class Loader:
     """Iterates `[images, labels]` batches. Worker processes decode and augment; the engine
-    calls `set_epoch` so that the sampler (and with it every sample's RNG) knows the epoch."""
+    calls `set_epoch` so that the sampler (and with it every sample's RNG) knows the epoch.
 
-    def __init__(self, dataset, batch_sampler, num_workers: int = 0, use_shared_memory: bool = True):
+    `batch_transform(images, labels, rng)` (Mixup/CutMix) runs on the batch tensors in the
+    training process, with an RNG seeded by (seed, epoch, batch index): resumable, and on the
+    GPU when training on one."""
+
+    def __init__(self, dataset, batch_sampler, num_workers: int = 0, use_shared_memory: bool = True,
+                 batch_transform=None, seed: int = 0):
         self.dataset, self.batch_sampler = dataset, batch_sampler
+        self.batch_transform, self.seed = batch_transform, seed
         self._loader = paddle.io.DataLoader(
             dataset, batch_sampler=batch_sampler, num_workers=num_workers,
             use_shared_memory=use_shared_memory, collate_fn=collate, return_list=True,
@@ -40,4 +48,28 @@ class Loader:
         return len(self.batch_sampler)
 
     def __iter__(self):
-        return iter(self._loader)
+        try:
+            yield from self._batches()
+        except Exception:
+            self.shutdown()
+            message = getattr(self.dataset, "fatal_error", "")
+            if message:  # a worker's DataError arrives as Paddle's generic "reader raises"
+                raise DataError(message) from None
+            raise
+
+    def shutdown(self) -> None:
+        """Stop persistent worker processes now (after a failure they would keep the process
+        alive at exit). Uses Paddle's iterator shutdown, the one its own __del__ calls."""
+        iterator = getattr(self._loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_try_shutdown_all"):
+            iterator._try_shutdown_all(1)
+            self._loader._iterator = None
+
+    def _batches(self):
+        if self.batch_transform is None:
+            yield from self._loader
+            return
+        sampler = self.batch_sampler
+        for index, (images, labels) in enumerate(self._loader, start=sampler.start_batch):
+            rng = np.random.default_rng([self.seed, sampler.epoch, index, 0x6D6978])  # "mix"
+            yield self.batch_transform(images, labels, rng)

@@ -172,6 +172,20 @@ class RandomErasing:
         return arr
 
 
+class TimmAutoAugment:
+    """PLSC's name for timm's RandAugment on the PIL image. The fill colour is the mean pixel;
+    the relative translate ops move by up to 0.45 x the image size (timm's translate_const)."""
+
+    def __init__(self, config_str="rand-m9-mstd0.5-inc1", interpolation="bicubic", img_size=224,
+                 mean=IMAGENET_MEAN):
+        from .rand_augment import RandAugment
+        fill = tuple(min(255, round(255 * x)) for x in mean)
+        self.rand_augment = RandAugment.from_config(config_str, fill=fill, resample=_interp(interpolation))
+
+    def __call__(self, img, rng):
+        return self.rand_augment(img, rng)
+
+
 class ToCHWImage:
     def __call__(self, arr, rng):
         return np.ascontiguousarray(np.asarray(arr, np.float32).transpose(2, 0, 1))
@@ -179,7 +193,7 @@ class ToCHWImage:
 
 TRANSFORM_OPS = {cls.__name__: cls for cls in (
     DecodeImage, RandCropImage, RandFlipImage, ResizeImage, CenterCropImage, NormalizeImage,
-    RandomErasing, ToCHWImage)}
+    RandomErasing, TimmAutoAugment, ToCHWImage)}
 
 
 def build_transforms(ops) -> Compose:

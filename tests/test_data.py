@@ -1,0 +1,215 @@
+"""The data pipeline against timm fixtures, the samplers' coverage, and bad input."""
+import json
+import os
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+from deit.data.datasets import ImageNetDataset
+from deit.data.mixup import Mixup, from_plsc
+from deit.data.rand_augment import LEVEL_TO_ARG, SIGNED, RandAugment, apply_op
+from deit.data.sampler import ResumableBatchSampler, ShardedEvalSampler
+from deit.data.transforms import RandCropImage, RandomErasing, TimmAutoAugment
+from deit.errors import DataError
+from tests.scripted_rng import ScriptedRNG
+
+FIX = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "timm_data.npz"))
+
+
+def test_random_resized_crop_params_equal_timm_for_the_same_draws():
+    crop = RandCropImage(224)
+    cases = json.loads(str(FIX["rrc"]))
+    assert any(c["params"][2:] == [350, 350] or c["params"][0] == 0 for c in cases)  # fallback covered
+    for case in cases:
+        assert list(crop.get_params(400, 350, ScriptedRNG(case["script"]))) == case["params"]
+
+
+def test_random_erasing_statistics_match_timm():
+    erase = RandomErasing()
+    rng = np.random.default_rng(0)
+    fractions = []
+    for _ in range(20000):
+        out = erase(np.zeros((56, 48, 3), np.float32), rng)
+        fractions.append(float((out[..., 0] != 0).mean()))
+    fractions = np.array(fractions)
+    erased = fractions[fractions > 0]
+    assert np.mean(fractions > 0) == pytest.approx(float(FIX["erase_rate"]), abs=0.015)
+    assert erased.mean() == pytest.approx(float(FIX["erase_area_mean"]), abs=0.006)
+    np.testing.assert_allclose(np.quantile(erased, [0.1, 0.5, 0.9]), FIX["erase_area_quantiles"], atol=0.01)
+
+
+def test_rand_augment_op_list_and_magnitude_noise_equal_timm():
+    ra = RandAugment.from_config("rand-m9-mstd0.5-inc1")
+    assert ra.ops == json.loads(str(FIX["ra_ops"]))
+    assert ra.magnitude == 9 and ra.magnitude_std == float(FIX["ra_magnitude_std"]) and ra.num_layers == 2
+    assert RandAugment.from_config("rand-m7-n3-mstd101").magnitude_std == float("inf")
+
+
+def test_rand_augment_level_to_argument_equals_timm():
+    table = json.loads(str(FIX["ra_levels"]))
+    for key, expected in table.items():
+        name, magnitude, negate = key.split("|")
+        fn = LEVEL_TO_ARG[name]
+        ours = list(fn(float(magnitude), negate == "True" and name in SIGNED)) if fn else []
+        assert ours == pytest.approx(expected), key
+
+
+def test_rand_augment_ops_produce_timm_pixels():
+    image = Image.fromarray(FIX["ra_image"])
+    table = json.loads(str(FIX["ra_levels"]))
+    names = {k.split("|")[0] for k in table}
+    for name in names:
+        for negate in (False, True):
+            args = table[f"{name}|9.0|{negate}"]
+            out = apply_op(name, image, tuple(args), (124, 116, 104), Image.BICUBIC)
+            np.testing.assert_array_equal(np.asarray(out), FIX[f"ra_out/{name}/{negate}"], err_msg=name)
+
+
+def test_timm_auto_augment_op_uses_mean_fill_and_is_seeded():
+    op = TimmAutoAugment("rand-m9-mstd0.5-inc1", img_size=32, mean=[0.485, 0.456, 0.406])
+    assert op.rand_augment.fill == (124, 116, 104)
+    img = Image.fromarray(FIX["ra_image"])
+    a = op(img, np.random.default_rng([1, 2, 3]))
+    b = op(img, np.random.default_rng([1, 2, 3]))
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_mixup_and_cutmix_equal_timm_batch_mode():
+    for case in json.loads(str(FIX["mixup"])):
+        mix = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.8, switch_prob=0.5,
+                    label_smoothing=0.1, num_classes=5)
+        x = paddle.to_tensor(np.array(case["x"], np.float32))
+        y = paddle.to_tensor(np.array(case["y"], np.int64))
+        mixed, target = mix(x, y, ScriptedRNG(case["script"], beta=case["beta"]))
+        np.testing.assert_allclose(mixed.numpy(), np.array(case["mixed"]), atol=1e-6)
+        np.testing.assert_allclose(target.numpy(), np.array(case["target"]), atol=1e-6)
+        np.testing.assert_allclose(target.numpy().sum(1), 1.0, atol=1e-6)
+
+
+def test_plsc_transform_op_sampler_maps_to_timm_parameters():
+    m = from_plsc({"Mixup": {"alpha": 0.8, "prob": 0.5, "epsilon": 0.1, "class_num": 1000},
+                   "Cutmix": {"alpha": 1.0, "prob": 0.5, "epsilon": 0.1, "class_num": 1000}}, 10)
+    assert (m.mixup_alpha, m.cutmix_alpha, m.prob, m.switch_prob, m.label_smoothing, m.num_classes) == \
+        (0.8, 1.0, 1.0, 0.5, 0.1, 1000)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_repeated_aug_sampler_matches_deit_rasampler_coverage(world):
+    n, bs = 600, 8
+    per_rank = []
+    for rank in range(world):
+        s = ResumableBatchSampler(n, bs, shuffle=True, drop_last=False, seed=5, rank=rank,
+                                  world_size=world, repeats=3)
+        s.set_epoch(2)
+        per_rank.append([i for batch in s for i, _ in batch])
+    assert all(len(r) == n // 256 * 256 // world for r in per_rank)  # DeiT's epoch length
+    counts = np.bincount(np.concatenate(per_rank), minlength=n)
+    assert counts.max() <= 3  # each index at most its 3 repeats
+    if world == 3:  # the 3 repeats of an index land on the 3 different ranks
+        assert all(len(set(r)) == len(r) for r in per_rank)
+    else:
+        assert max(np.bincount(per_rank[0])) > 1  # repeats within a rank when world < 3
+
+
+def test_plain_sampler_visits_every_index_once_per_epoch_and_order_depends_on_seed_and_epoch():
+    s = ResumableBatchSampler(103, 10, shuffle=True, seed=1)
+    s.set_epoch(1)
+    first = [i for b in s for i, _ in b]
+    assert sorted(first) == list(range(103))
+    s.set_epoch(2)
+    assert [i for b in s for i, _ in b] != first
+    again = ResumableBatchSampler(103, 10, shuffle=True, seed=1)
+    again.set_epoch(1)
+    assert [i for b in again for i, _ in b] == first
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_skipping_k_batches_gives_the_same_remaining_batches(repeats):
+    s = ResumableBatchSampler(700, 16, shuffle=True, seed=3, repeats=repeats, world_size=2, rank=1)
+    s.set_epoch(4)
+    full = list(s)
+    s.set_epoch(4, start_batch=5)
+    assert list(s) == full[5:]
+
+
+@pytest.mark.parametrize("n, world", [(10, 3), (1000, 8), (7, 8)])
+def test_eval_sampler_covers_every_image_exactly_once(n, world):
+    seen = [i for r in range(world) for b in ShardedEvalSampler(n, 4, r, world) for i, _ in b]
+    assert sorted(seen) == list(range(n))
+
+
+def _write_dataset(tmp_path, n=10, bad=()):
+    lines = []
+    for i in range(n):
+        path = tmp_path / f"img{i}.jpg"
+        if i in bad:
+            path.write_bytes(b"\xff\xd8 this is not a jpeg")
+        else:
+            Image.new("RGB", (12, 12), (i * 20, 0, 0)).save(path)
+        lines.append(f"img{i}.jpg {i % 2}\n")
+    (tmp_path / "list.txt").write_text("".join(lines))
+    return str(tmp_path), str(tmp_path / "list.txt")
+
+
+def test_corrupt_image_is_replaced_logged_once_and_counted(tmp_path, capsys):
+    root, listing = _write_dataset(tmp_path, bad={3})
+    ds = ImageNetDataset(root, listing, max_bad_fraction=0.5)
+    img, _ = ds[3]
+    assert img.size == (12, 12)
+    ds[(3, 2)]
+    assert capsys.readouterr().out.count("warning: skipping unreadable image") == 1
+    assert ds.bad_count == 1
+
+
+def test_too_many_bad_images_stop_with_a_clear_error(tmp_path):
+    root, listing = _write_dataset(tmp_path, bad={1, 2, 3})
+    ds = ImageNetDataset(root, listing, max_bad_fraction=0.1)
+    with pytest.raises(DataError, match=r"unreadable images .* fix the dataset"):
+        for i in range(10):
+            ds[i]
+
+
+def test_list_file_errors_name_file_and_line(tmp_path):
+    root, listing = _write_dataset(tmp_path)
+    with open(listing, "a") as f:
+        f.write("missing.jpg 1\n")
+    with pytest.raises(DataError, match=r"list.txt:11: image .*missing.jpg does not exist"):
+        ImageNetDataset(root, listing)
+
+
+def test_plsc_train_and_eval_transforms_build_and_are_deterministic():
+    import yaml
+    from deit.data.transforms import build_transforms
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "configs", "plsc", "DeiT_base_patch16_224_in1k_1n8c_dp_fp16o2.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    train = build_transforms(cfg["DataLoader"]["Train"]["dataset"]["transform_ops"])
+    evaluate = build_transforms(cfg["DataLoader"]["Eval"]["dataset"]["transform_ops"])
+    img = Image.fromarray((np.random.default_rng(0).random((350, 400, 3)) * 255).astype(np.uint8))
+    a = train(img, np.random.default_rng([42, 1, 7]))
+    b = train(img, np.random.default_rng([42, 1, 7]))
+    assert a.shape == (3, 224, 224) and a.dtype == np.float32 and np.array_equal(a, b)
+    e = evaluate(img, None)
+    assert e.shape == (3, 224, 224)
+    # eval: short side to 256 (= 224 / 0.875) bicubic, centre crop 224, normalize
+    ref = img.resize((292, 256), Image.BICUBIC).crop((34, 16, 258, 240))
+    ref = (np.asarray(ref, np.float32) / 255 - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    np.testing.assert_allclose(e, ref.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_corrupt_files_in_worker_processes_stop_the_run_cleanly(tiny_config, tiny_dataset, tmp_path, capsys):
+    import shutil
+    import run
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    listing = (data / "train_list.txt").read_text().splitlines()
+    for line in listing[:10]:
+        (data / line.split()[0]).write_bytes(b"garbage")
+    code = run.main(["-c", tiny_config, "-o", f"DataLoader.Train.dataset.image_root={data}",
+                     "-o", f"DataLoader.Train.dataset.cls_label_path={data}/train_list.txt",
+                     "-o", "DataLoader.Train.loader.num_workers=2",
+                     "-o", "DataLoader.Train.dataset.max_bad_fraction=0.02"])
+    assert code == 2
+    assert "unreadable images" in capsys.readouterr().err
