@@ -213,3 +213,28 @@ def test_corrupt_files_in_worker_processes_stop_the_run_cleanly(tiny_config, tin
                      "-o", "DataLoader.Train.dataset.max_bad_fraction=0.02"])
     assert code == 2
     assert "unreadable images" in capsys.readouterr().err
+
+
+def test_posterize_to_zero_bits_is_black_as_older_pillow_made_it():
+    img = Image.fromarray(FIX["ra_image"])
+    args = LEVEL_TO_ARG["PosterizeIncreasing"](10.0, False)
+    assert args == (0,)
+    out = np.asarray(apply_op("PosterizeIncreasing", img, args, (0, 0, 0), Image.BICUBIC))
+    assert out.shape == FIX["ra_image"].shape and not out.any()
+
+
+def test_fused_channels_first_normalize_and_erasing_equal_the_hwc_path():
+    from deit.data.transforms import NormalizeImage, ToCHWImage, build_transforms
+    ops = [{"NormalizeImage": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}},
+           {"RandomErasing": {"EPSILON": 1.0}}, {"ToCHWImage": {}}]
+    fused = build_transforms(ops)
+    assert fused.ops[0].channels_first and fused.ops[2].already_chw
+    img = Image.fromarray(FIX["ra_image"])
+    out = fused(img, np.random.default_rng(3))
+    hwc = NormalizeImage(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])(img, None)
+    ref = ToCHWImage()(hwc, None)
+    erased = ~np.isclose(out, ref)
+    assert erased.any()  # the box is there, and everything outside it is the plain normalize
+    np.testing.assert_allclose(out[~erased], ref[~erased], rtol=1e-6)
+    expected = (np.asarray(img, np.float64) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(ref, expected.transpose(2, 0, 1), atol=1e-5)

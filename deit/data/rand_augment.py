@@ -69,6 +69,16 @@ def _affine(img, matrix, fill, resample):
     return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
 
 
+def _posterize_bits(img, bits):
+    """Keep `bits` high bits. 0 bits (PosterizeIncreasing at magnitude 10) is a black image, as
+    Pillow < 13 made it; Pillow 13 refuses bits=0, and timm with it raises there."""
+    if bits >= 8:
+        return img
+    if bits <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return ImageOps.posterize(img, bits)
+
+
 def _solarize_add(img, add, thresh=128):
     lut = [min(255, i + add) if i < thresh else i for i in range(256)]
     return img.point(lut * 3 if img.mode == "RGB" else lut)
@@ -84,7 +94,7 @@ def apply_op(name, img, args, fill, resample):
     if name == "Rotate":
         return img.rotate(args[0], resample=resample, fillcolor=fill)
     if name.startswith("Posterize"):
-        return img if args[0] >= 8 else ImageOps.posterize(img, args[0])
+        return _posterize_bits(img, args[0])
     if name.startswith("SolarizeAdd"):
         return _solarize_add(img, args[0])
     if name.startswith("Solarize"):

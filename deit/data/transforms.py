@@ -127,23 +127,41 @@ class CenterCropImage:
 
 
 class NormalizeImage:
-    """PIL image -> float32 HWC array, `(x * scale - mean) / std`."""
+    """PIL image -> float32 array, `(x * scale - mean) / std`: HWC as PLSC defines it, or CHW
+    directly when a later ToCHWImage would transpose anyway (`build_transforms` decides; it
+    saves a full copy and runs the pipeline at timm's speed)."""
+
+    channels_first = False
 
     def __init__(self, scale=1.0 / 255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, order=""):
         if order not in ("", "hwc"):
             raise SetupError("NormalizeImage: only order '' or 'hwc' is supported")
-        self.scale = np.float32(_number(scale))
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
+        scale = _number(scale)
+        mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        self.mul = (scale / std).astype(np.float32)    # one multiply-add per value, in place
+        self.add = (-mean / std).astype(np.float32)
 
     def __call__(self, img, rng):
-        return (np.asarray(img, np.float32) * self.scale - self.mean) / self.std
+        if not self.channels_first:
+            arr = np.array(img, dtype=np.float32)
+            arr *= self.mul
+            arr += self.add
+            return arr
+        pixels = np.asarray(img)
+        out = np.empty((pixels.shape[2], pixels.shape[0], pixels.shape[1]), np.float32)
+        for c in range(pixels.shape[2]):
+            np.multiply(pixels[:, :, c], self.mul[c], out=out[c])
+            out[c] += self.add[c]
+        return out
 
 
 class RandomErasing:
     """timm RandomErasing, mode 'pixel', one box: with probability EPSILON, up to `attempt`
     tries at an area fraction in [sl, sh] and log-uniform aspect in [r1, 1/r1]; the box is
-    filled with N(0, 1) noise per pixel and channel. Runs on the normalized HWC array."""
+    filled with N(0, 1) noise per pixel and channel. Runs on the normalized array, in place,
+    HWC (PLSC's order) or CHW (when `build_transforms` fused the transpose into Normalize)."""
+
+    channels_first = False
 
     def __init__(self, EPSILON=0.25, sl=0.02, sh=1.0 / 3.0, r1=0.3, attempt=10,
                  use_log_aspect=True, mode="pixel"):
@@ -156,7 +174,10 @@ class RandomErasing:
     def __call__(self, arr, rng):
         if rng.random() >= self.prob:
             return arr
-        height, width, chans = arr.shape
+        if self.channels_first:
+            chans, height, width = arr.shape
+        else:
+            height, width, chans = arr.shape
         area = height * width
         for _ in range(self.attempts):
             target_area = rng.uniform(self.sl, self.sh) * area
@@ -166,8 +187,10 @@ class RandomErasing:
             if w < width and h < height:
                 top = int(rng.integers(0, height - h + 1))
                 left = int(rng.integers(0, width - w + 1))
-                arr = arr.copy()
-                arr[top:top + h, left:left + w] = rng.standard_normal((h, w, chans), dtype=np.float32)
+                if self.channels_first:
+                    arr[:, top:top + h, left:left + w] = rng.standard_normal((chans, h, w), dtype=np.float32)
+                else:
+                    arr[top:top + h, left:left + w] = rng.standard_normal((h, w, chans), dtype=np.float32)
                 break
         return arr
 
@@ -187,7 +210,11 @@ class TimmAutoAugment:
 
 
 class ToCHWImage:
+    already_chw = False  # set by build_transforms when NormalizeImage wrote CHW itself
+
     def __call__(self, arr, rng):
+        if self.already_chw:
+            return arr
         return np.ascontiguousarray(np.asarray(arr, np.float32).transpose(2, 0, 1))
 
 
@@ -207,4 +234,20 @@ def build_transforms(ops) -> Compose:
             built.append(TRANSFORM_OPS[name](**(kwargs or {})))
         except TypeError as exc:
             raise SetupError(f"transform op {name}: {exc}") from None
+    _fuse_channels_first(built)
     return Compose(built)
+
+
+def _fuse_channels_first(ops) -> None:
+    """NormalizeImage ... ToCHWImage with only RandomErasing between: write CHW at normalize
+    time (same values, one pass fewer over the image)."""
+    for i, op in enumerate(ops):
+        if not isinstance(op, NormalizeImage):
+            continue
+        j = i + 1
+        while j < len(ops) and isinstance(ops[j], RandomErasing):
+            j += 1
+        if j < len(ops) and isinstance(ops[j], ToCHWImage):
+            for fused in ops[i:j]:
+                fused.channels_first = True
+            ops[j].already_chw = True
