@@ -1,6 +1,7 @@
 """Train or evaluate a DeiT / ViT classifier from a PLSC-style YAML config.
 
-    python run.py --config configs/demo.yaml [-o Section.key=value ...] [--eval] [--dry-run]
+    python run.py --config configs/demo.yaml [-o Section.key=value ...] [--eval|--export|--dry-run]
+    python run.py plot OUTPUT_DIR          # PNG curves from OUTPUT_DIR/metrics.jsonl
 """
 import argparse
 import contextlib
@@ -36,6 +37,9 @@ def parse_args(argv):
                    help="override a config value (repeatable); values are parsed as YAML")
     p.add_argument("--eval", action="store_true", help="evaluate Global.pretrained_model (or "
                    "Global.checkpoint) on DataLoader.Eval and exit")
+    p.add_argument("--export", action="store_true", help="export Global.pretrained_model as a "
+                   "Paddle inference model (Export.input_shape) to Export.save_path or "
+                   "OUTPUT_DIR/inference")
     p.add_argument("--dry-run", action="store_true", help="build everything, print the hooks per "
                    "event in firing order, and exit without training")
     return p.parse_args(argv)
@@ -43,6 +47,8 @@ def parse_args(argv):
 
 def main(argv=None, force_eval: bool = False) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plot"]:
+        return _plot(argv[1:])
     args = parse_args(argv)
     _set_threads(args.override)
     _import_paddle_quietly()
@@ -53,6 +59,8 @@ def main(argv=None, force_eval: bool = False) -> int:
         cfg = load_config(args.config, args.override, SCHEMA)
         if args.eval or force_eval:
             return _evaluate(cfg)
+        if args.export:
+            return _export(cfg)
         return _train(cfg, args.dry_run)
     except (ConfigError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -65,10 +73,13 @@ def eval_main(argv=None) -> int:
 
 def _train(cfg, dry_run: bool) -> int:
     import yaml
-    from deit.build import build_training
+    from deit.build import build_training, describe_run
     from deit.resume import read_checkpoint, resolve_checkpoint
+    from engine import dist
     from hooks.checkpoint import Interrupted
     engine = build_training(cfg)
+    if dist.is_main():
+        print(describe_run(cfg, engine), flush=True)
     if dry_run:
         print(engine.describe())
         return 0
@@ -85,6 +96,36 @@ def _train(cfg, dry_run: bool) -> int:
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
         return 128 + exc.signum
+    return 0
+
+
+def _plot(argv) -> int:
+    from deit.errors import UserError
+    if len(argv) != 1:
+        print("usage: python run.py plot OUTPUT_DIR", file=sys.stderr)
+        return 2
+    from deit.plot import plot_run
+    try:
+        print(f"wrote {plot_run(argv[0])}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _export(cfg) -> int:
+    from deit.build import build_model, load_pretrained, setup_runtime
+    from deit.errors import SetupError
+    from deit.export import export_inference
+    weights = cfg["Global"]["pretrained_model"]
+    if not weights:
+        raise SetupError("--export needs weights: set -o Global.pretrained_model=PATH_PREFIX")
+    setup_runtime(cfg)
+    model = build_model(cfg["Model"])
+    load_pretrained(model, weights)
+    dest = cfg["Export"]["save_path"] or os.path.join(cfg["Global"]["output_dir"], "inference")
+    export_inference(model, cfg["Export"]["input_shape"], dest)
+    print(f"exported {weights} to {dest}.json / {dest}.pdiparams (input {cfg['Export']['input_shape']})")
     return 0
 
 
@@ -106,6 +147,8 @@ def _evaluate(cfg) -> int:
     metrics = sums_to_metrics(dist.all_reduce_sums(
         evaluate_sums(model, loader, build_loss(cfg["Loss"]["Eval"], "Loss.Eval"), _topk(cfg))))
     if dist.is_main():
+        print(f"eval: top1={metrics['top1']:.6f} top5={metrics.get('top5', float('nan')):.6f} "
+              f"loss={metrics['loss']:.6f} images={metrics['count']} devices={dist.world_size()}")
         table = Table(title=f"Evaluation of {weights}")
         for key in ("top1", "top5", "loss", "count"):
             if key in metrics:

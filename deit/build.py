@@ -31,6 +31,7 @@ from .data.mixup import from_plsc as mixup_from_plsc
 from .data.sampler import ResumableBatchSampler, ShardedEvalSampler
 from .data.transforms import build_transforms
 from .errors import CheckpointError, SetupError, unknown
+from .flops import model_macs
 from .loss import LOSSES
 from .model import FACTORIES, VisionTransformer
 from .optim import build_adamw
@@ -47,6 +48,7 @@ def setup_runtime(cfg) -> None:
         raise SetupError("Global.device is 'gpu' but this PaddlePaddle build has no CUDA: "
                          "install paddlepaddle-gpu or run with -o Global.device=cpu")
     paddle.set_device(g["device"])
+    dist.init_if_launched()
     seed = g["seed"] + dist.rank()
     random.seed(seed)
     np.random.seed(seed)
@@ -238,6 +240,30 @@ def build_training(cfg) -> Engine:
     for hook in hooks:
         engine.register(hook)
     return engine
+
+
+def describe_run(cfg, engine) -> str:
+    """The start-of-run summary people training for days want in their log."""
+    g, m, s = cfg["Global"], cfg["Model"], cfg["LRScheduler"]
+    model, loader = engine.model, engine.data
+    params = sum(int(np.prod(p.shape)) for p in model.parameters())
+    gflops = 2 * model_macs(model) / 1e9
+    world, batch = dist.world_size(), loader.batch_sampler.batch_size
+    evals = [h for h in engine.hooks if isinstance(h, Evaluate) and h.name == "eval"]
+    eval_text = f", eval {len(evals[0].loader.dataset)} images" if evals else ", no evaluation"
+    lr_scale = batch * world / s["scale_by_batch"] if s["scale_by_batch"] else 1.0
+    return "\n".join([
+        f"model   {m['name']}: {params / 1e6:.2f} M parameters, {gflops:.3f} GFLOPs per image "
+        f"(forward), {model.img_size}px, init {m['init']}",
+        f"data    train {len(loader.dataset)} images, {len(loader)} steps per epoch x {g['epochs']} epochs"
+        f"{eval_text}",
+        f"batch   global {batch * world} = {batch} per device x {world} device(s)"
+        f" (accum_steps {g['accum_steps']}); lr {s['learning_rate'] * lr_scale:.3g}"
+        f" (x{lr_scale:g}), {s['name']} per {s['decay_unit']}",
+        f"device  {g['device']}, world size {world}, OMP threads {os.environ.get('OMP_NUM_THREADS', '?')}, "
+        f"precision {cfg['FP16']['level']}{'' if cfg['FP16']['level'] == 'O0' else ' ' + cfg['FP16']['dtype']}",
+        f"output  {g['output_dir']}",
+    ])
 
 
 def _topk(cfg):

@@ -1,7 +1,16 @@
 """Rank, world size and sums over paddle.distributed; all no-ops in a single process."""
+import os
+
 import numpy as np
 import paddle
 import paddle.distributed as dist
+
+
+def init_if_launched() -> None:
+    """Join the process group when started by `python -m paddle.distributed.launch` (it sets
+    PADDLE_TRAINERS_NUM); a plain `python run.py` stays a single process."""
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1 and not dist.is_initialized():
+        dist.init_parallel_env()
 
 
 def world_size() -> int:

@@ -25,6 +25,9 @@ class TrainMeter(Hook):
         self.images, self.data_time, self.step_time, self.timed_steps = 0, 0.0, 0.0, 0
         self.window_start = time.perf_counter()
 
+    def epoch_start(self, engine):
+        self.last_end = time.perf_counter()  # evaluation and checkpointing are not data time
+
     def iter_start(self, engine):
         self.step_start = time.perf_counter()
         self.data_wait = self.step_start - self.last_end

@@ -1,0 +1,55 @@
+"""PNG curves of a run from its metrics.jsonl: loss, learning rate, top-1/top-5, images/s."""
+import json
+import os
+
+from .errors import SetupError
+
+
+def read_metrics(output_dir: str):
+    path = os.path.join(output_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise SetupError(f"{path} does not exist: point `run.py plot` at a training output_dir")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise SetupError(f"{path}:{lineno}: not a JSON line") from None
+    return records
+
+
+def plot_run(output_dir: str, dest: str = None) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SetupError("plotting needs matplotlib: pip install matplotlib "
+                         "(or pip install -e '.[plot]')") from None
+    records = read_metrics(output_dir)
+    train = [r for r in records if r["event"] == "train"]
+    evals = [r for r in records if r["event"] == "eval"]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    panels = [(axes[0][0], "loss", train, "train loss"), (axes[0][1], "lr", train, "learning rate"),
+              (axes[1][1], "img_per_s", train, "train images/s")]
+    for ax, key, rows, title in panels:
+        points = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points))
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+    ax = axes[1][0]
+    for key in ("top1", "top5"):
+        points = [(r["iteration"], r[key]) for r in evals if key in r]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=key)
+    ax.set_title("eval accuracy")
+    ax.set_xlabel("iteration")
+    ax.legend()
+    fig.tight_layout()
+    dest = dest or os.path.join(output_dir, "curves.png")
+    fig.savefig(dest, dpi=80)
+    plt.close(fig)
+    return dest

@@ -1,0 +1,68 @@
+"""Two processes on one machine with Paddle's gloo backend, as users launch multi-GPU runs."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HOOKS = '''
+import os, paddle
+from engine import Hook, dist
+
+class SaveEveryRank(Hook):
+    """Each rank writes its own weights at the end, to compare them."""
+    def __init__(self, out): self.out = out
+    def completed(self, engine):
+        paddle.save(engine.model.state_dict(), os.path.join(self.out, f"rank{dist.rank()}.pdparams"))
+'''
+
+
+def _launch(tmp_path, nproc, args, name):
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
+           "--devices", "", "--log_dir", str(tmp_path / f"log_{name}"), os.path.join(ROOT, "run.py"), *args]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    logs = "".join(p.read_text() for p in sorted((tmp_path / f"log_{name}").glob("workerlog.*")))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + logs[-3000:]
+    return result.stdout + logs
+
+
+def _weights(path):
+    return {k: v.numpy() for k, v in paddle.load(str(path)).items()}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_twice_the_batch(tiny_config, tmp_path):
+    (tmp_path / "dist_hooks.py").write_text(HOOKS)
+    common = ["-c", tiny_config, "-o", "Global.epochs=1", "-o", "Model.drop_path_rate=0.0",
+              "-o", "DataLoader.Train.sampler.drop_last=true"]
+    two = tmp_path / "two"
+    _launch(tmp_path, 2, common + ["-o", f"Global.output_dir={two}", "-o", "DataLoader.Train.sampler.batch_size=8",
+                                   "-o", f"Hooks=[{{dist_hooks.SaveEveryRank: {{out: '{two}'}}}}]"], "two")
+    one = tmp_path / "one"
+    _launch(tmp_path, 1, common + ["-o", f"Global.output_dir={one}", "-o", "DataLoader.Train.sampler.batch_size=16"], "one")
+
+    r0, r1 = _weights(two / "rank0.pdparams"), _weights(two / "rank1.pdparams")
+    assert all(np.array_equal(r0[k], r1[k]) for k in r0), "ranks diverged"
+    single = _weights(one / "final.pdparams")
+    for k in single:
+        np.testing.assert_allclose(r0[k], single[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert not (two / "rank0.pdparams").samefile(two / "final.pdparams")
+    steps = [json.loads(l)["iteration"] for l in open(two / "metrics.jsonl") if '"train"' in l]
+    assert steps[-1] == 7  # 120 images / global batch 16, drop_last
+
+    def evaluate(nproc, name):
+        out = _launch(tmp_path, nproc, ["-c", tiny_config, "--eval", "-o", f"Global.pretrained_model={one}/final"], name)
+        return re.search(r"eval: top1=([0-9.]+) top5=([0-9.]+) loss=([0-9.]+) images=(\d+) devices=(\d+)", out).groups()
+
+    top1_1, top5_1, loss_1, n_1, dev_1 = evaluate(1, "eval1")
+    top1_2, top5_2, loss_2, n_2, dev_2 = evaluate(2, "eval2")
+    assert (dev_1, dev_2) == ("1", "2") and n_1 == n_2 == "40"   # every image counted once
+    assert top1_1 == top1_2 and top5_1 == top5_2
+    assert float(loss_1) == pytest.approx(float(loss_2), rel=1e-5)

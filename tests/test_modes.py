@@ -1,0 +1,62 @@
+"""Export, plot, the start-of-run summary and FLOP counting."""
+import json
+import os
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+import run
+from deit.flops import vit_macs
+
+
+@pytest.mark.parametrize("dims, published", [((224, 16, 192, 12), 1.3), ((224, 16, 384, 12), 4.6),
+                                             ((224, 16, 768, 12), 17.6), ((384, 16, 768, 12), 55.5)])
+def test_macs_match_the_deit_paper(dims, published):
+    """DeiT paper, Table 1 ("FLOPs" there are multiply-accumulates)."""
+    assert round(vit_macs(*dims) / 1e9, 1) == published
+
+
+def _out(tiny_config):
+    return os.path.join(os.path.dirname(tiny_config), "out")
+
+
+def test_export_gives_the_same_logits_through_jit_load(tiny_config):
+    assert run.main(["-c", tiny_config, "-o", "Global.epochs=1"]) == 0
+    out = _out(tiny_config)
+    assert run.main(["-c", tiny_config, "--export", "-o", f"Global.pretrained_model={out}/final",
+                     "-o", "Export.input_shape=[null, 3, 32, 32]"]) == 0
+    loaded = paddle.jit.load(os.path.join(out, "inference"))
+    from deit.build import build_model
+    from deit.schema import SCHEMA
+    from engine.config import load_config
+    model = build_model(load_config(tiny_config, schema=SCHEMA)["Model"])
+    model.set_state_dict(paddle.load(os.path.join(out, "final.pdparams")))
+    model.eval()
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32))
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-5)
+
+
+def test_plot_writes_a_png_and_without_matplotlib_says_what_to_install(tiny_config, monkeypatch, capsys):
+    assert run.main(["-c", tiny_config, "-o", "Global.epochs=2"]) == 0
+    out = _out(tiny_config)
+    assert run.main(["plot", os.path.join(out, "nope")]) == 2
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "matplotlib", None)
+        capsys.readouterr()
+        assert run.main(["plot", out]) == 2
+        assert "pip install matplotlib" in capsys.readouterr().err
+    pytest.importorskip("matplotlib")  # a test extra (.[test]); CI has it
+    assert run.main(["plot", out]) == 0
+    with open(os.path.join(out, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_start_of_run_summary(tiny_config, capsys):
+    assert run.main(["-c", tiny_config, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    # 29,482 parameters: conv 1,568 + pos 2,080 + cls 32 + 2 blocks x 12,704 + norm 64 + head 330
+    assert "0.03 M parameters" in text
+    assert "train 120 images, 7 steps per epoch x 2 epochs, eval 40 images" in text
+    assert "global 16 = 16 per device x 1 device(s)" in text and "world size 1" in text
