@@ -143,6 +143,8 @@ def _coerce(value, kind, label):
                 raise ValueError
             return value
         if isinstance(kind, tuple):
+            if value is False and "off" in kind:  # YAML 1.1 reads a bare `off` as false
+                return "off"
             if value not in kind:
                 raise ConfigError(f"{label} must be one of {', '.join(map(str, kind))}; got {value!r}"
                                   f"{_suggest(str(value), kind)}")

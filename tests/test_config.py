@@ -116,3 +116,8 @@ def test_cli_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, tin
     assert expect in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     assert not out.exists()
+
+
+def test_bare_off_in_yaml_means_the_off_choice(tmp_path):
+    cfg = load_config(_write(tmp_path, "Global: {progress: off}"), ["Global.progress=off"], SCHEMA)
+    assert cfg["Global"]["progress"] == "off"
