@@ -11,15 +11,21 @@ import sys
 import warnings
 
 
-def _set_threads(argv) -> None:
-    """Paddle on CPU uses one thread unless told otherwise, and reads OMP_NUM_THREADS when
-    it is first imported, so this runs before any Paddle import. Global.num_threads wins."""
-    wanted = next((a.split("=", 1)[1] for a in argv if a.startswith("Global.num_threads=")), "0")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if wanted.strip().isdigit() and int(wanted) > 0:
-        os.environ["OMP_NUM_THREADS"] = wanted.strip()
-    else:
-        os.environ.setdefault("OMP_NUM_THREADS", str(cores or 1))
+def _set_threads(config_path, overrides) -> None:
+    """Paddle reads OMP_NUM_THREADS and MKL's CPU dispatch when it is first imported, so this
+    runs before any Paddle import: Global.num_threads (from -o, else the config) wins, 0 means
+    all cores. A config that does not parse is reported later by load_config."""
+    from deit.cpu_env import configure_cpu_math
+    wanted = next((a.split("=", 1)[1] for a in overrides if a.startswith("Global.num_threads=")), None)
+    if wanted is None:
+        try:
+            import yaml
+            with open(config_path, encoding="utf-8") as f:
+                wanted = ((yaml.safe_load(f) or {}).get("Global") or {}).get("num_threads", 0)
+        except Exception:  # noqa: BLE001 - load_config gives the real message
+            wanted = 0
+    wanted = str(wanted).strip()
+    configure_cpu_math(int(wanted) if wanted.isdigit() else 0)
 
 
 def _import_paddle_quietly() -> None:
@@ -50,7 +56,7 @@ def main(argv=None, force_eval: bool = False) -> int:
     if argv[:1] == ["plot"]:
         return _plot(argv[1:])
     args = parse_args(argv)
-    _set_threads(args.override)
+    _set_threads(args.config, args.override)
     _import_paddle_quietly()
     from engine.config import ConfigError, load_config
     from deit.errors import UserError

@@ -4,6 +4,7 @@ The one place that knows the config layout (deit/schema.py) and wires engine, ho
 plain DeiT components together. Everything here validates before anything is written to disk.
 """
 import importlib
+import math
 import os
 import random
 import warnings
@@ -48,6 +49,10 @@ def setup_runtime(cfg) -> None:
         raise SetupError("Global.device is 'gpu' but this PaddlePaddle build has no CUDA: "
                          "install paddlepaddle-gpu or run with -o Global.device=cpu")
     paddle.set_device(g["device"])
+    if g["device"] == "cpu":
+        # Paddle's CPU copy of strided views (transpose/split outputs and their grads) is
+        # slow: contiguous outputs make a DeiT-Ti step 1.4x faster here (bench/NOTES.md).
+        paddle.set_flags({"FLAGS_use_stride_kernel": False})
     dist.init_if_launched()
     seed = g["seed"] + dist.rank()
     random.seed(seed)
@@ -209,7 +214,9 @@ def build_training(cfg) -> Engine:
         model, optimizer = scaler.decorate(model, optimizer, o["use_master_param"] or amp["level"] == "O2")
         hooks.append(scaler)
     if amp["level"] == "O0" or amp["dtype"] == "bfloat16":
-        hooks.append(NanGuard())
+        # Check the loss when the meter reports and at every step checkpoint, never per step.
+        save_every = g["save_interval"] if g["save_unit"] == "step" else g["print_batch_step"]
+        hooks.append(NanGuard(every=math.gcd(g["print_batch_step"], save_every)))
     train_model = paddle.DataParallel(model) if dist.world_size() > 1 else model
     global_batch = batch * dist.world_size()
     lr_scale = global_batch / s["scale_by_batch"] if s["scale_by_batch"] else 1.0
@@ -260,7 +267,8 @@ def describe_run(cfg, engine) -> str:
         f"batch   global {batch * world} = {batch} per device x {world} device(s)"
         f" (accum_steps {g['accum_steps']}); lr {s['learning_rate'] * lr_scale:.3g}"
         f" (x{lr_scale:g}), {s['name']} per {s['decay_unit']}",
-        f"device  {g['device']}, world size {world}, OMP threads {os.environ.get('OMP_NUM_THREADS', '?')}, "
+        f"device  {g['device']}, world size {world}, OMP threads {os.environ.get('OMP_NUM_THREADS', '?')}"
+        f"{', MKL_DEBUG_CPU_TYPE=' + os.environ['MKL_DEBUG_CPU_TYPE'] if 'MKL_DEBUG_CPU_TYPE' in os.environ else ''}, "
         f"precision {cfg['FP16']['level']}{'' if cfg['FP16']['level'] == 'O0' else ' ' + cfg['FP16']['dtype']}",
         f"output  {g['output_dir']}",
     ])

@@ -23,7 +23,9 @@ def make_train_step(model, loss_fn, optimizer, precision, accum_steps: int = 1):
         n = images.shape[0]
         sizes = micro_batch_sizes(n, accum_steps)
         total = None
-        for images_k, targets_k in zip(paddle.split(images, sizes), paddle.split(targets, sizes)):
+        parts = [(images, targets)] if len(sizes) == 1 else zip(paddle.split(images, sizes),
+                                                                  paddle.split(targets, sizes))
+        for images_k, targets_k in parts:
             with precision.autocast():
                 logits = model(images_k)
             loss = loss_fn(logits, targets_k) * (images_k.shape[0] / n)

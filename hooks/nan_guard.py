@@ -1,7 +1,10 @@
-"""Stops the run on a non-finite loss before any later hook (EMA, checkpoint) sees the step.
+"""Stops the run on a non-finite loss before any later hook (EMA, checkpoint) saves the step.
 
-Reads the loss every `every` steps (a host sync of one scalar). Not used with float16 loss
-scaling, where an overflow is a skipped step that the GradScaler hook handles.
+The losses are summed on the device (a non-finite loss makes the sum non-finite) and read back
+only every `every` steps and at the end of each epoch, so there is no host sync per step. Set
+`every` so that every checkpoint step is a check step (build.py passes the gcd of the report
+and step-save intervals): nothing after a non-finite loss is ever saved. Not used with float16
+loss scaling, where an overflow is a skipped step that the GradScaler hook handles.
 """
 import math
 
@@ -15,15 +18,25 @@ class NanGuard(Hook):
 
     def __init__(self, every: int = 1):
         self.every = max(1, every)
+        self.window = None
 
     def iter_end(self, engine):
-        state = engine.state
-        if state.iteration % self.every:
+        loss = engine.state.output["loss"]
+        self.window = loss if self.window is None else self.window + loss
+        if engine.state.iteration % self.every == 0:
+            self._check(engine)
+
+    def epoch_end(self, engine):
+        self._check(engine)
+
+    def _check(self, engine):
+        if self.window is None:
             return
-        loss = float(state.output["loss"])
-        if not math.isfinite(loss):
+        total, self.window = float(self.window), None
+        if not math.isfinite(total):
+            state = engine.state
             raise TrainingDiverged(
-                f"loss is {loss} at epoch {state.epoch}, iteration {state.iteration}: training "
-                f"diverged and this step was not saved; lower LRScheduler.learning_rate, set "
-                f"Optimizer.grad_clip, or resume from the last checkpoint with "
-                f"-o Global.checkpoint=auto")
+                f"loss became non-finite ({total}) at or before epoch {state.epoch}, iteration "
+                f"{state.iteration}: training diverged and nothing after it was saved; lower "
+                f"LRScheduler.learning_rate, set Optimizer.grad_clip, or resume from the last "
+                f"checkpoint with -o Global.checkpoint=auto")

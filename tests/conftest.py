@@ -2,9 +2,11 @@
 import os
 import sys
 
-os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from deit.cpu_env import configure_cpu_math  # noqa: E402
+
+configure_cpu_math()
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402

@@ -82,8 +82,10 @@ def test_accumulation_matches_one_full_batch_step(n, k):
         step = make_train_step(model, CELoss(), build_adamw(model, 1e-2, grad_clip=0.5), Precision(), steps)
         outs.append(float(step(_FakeEngine(), (x, y))["loss"]))
     assert outs[0] == pytest.approx(outs[1], rel=1e-5)
+    # Adam's first step is lr * g / |g|: a gradient at rounding-noise level (summed in another
+    # order) can move by up to lr, so the absolute tolerance is lr / 1000
     for (name, a), (_, b) in zip(full.named_parameters(), accum.named_parameters()):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_grad_clip_bounds_the_global_norm():
@@ -130,7 +132,10 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, 
                      "-o", "Hooks=[{poison.NanAt: {step: 5}}]"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "loss is nan at epoch 1, iteration 5" in err and "Traceback" not in err
+    # checked every gcd(print 2, save 2) = 2 steps, on device otherwise: caught at step 6,
+    # before the checkpoint of step 6 is written
+    assert "loss became non-finite (nan) at or before epoch 1, iteration 6" in err
+    assert "Traceback" not in err
     out = os.path.join(os.path.dirname(tiny_config), "out")
     assert open(os.path.join(out, "latest.txt")).read().strip() == "step_4.pdckpt"
     assert not os.path.exists(os.path.join(out, "final.pdparams"))

@@ -1,0 +1,49 @@
+"""Shared pieces of the benchmarks: a config for a given model, synthetic batches, timing."""
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def bench_config(model: dict, batch: int, output_dir: str, **global_overrides) -> dict:
+    """configs/demo.yaml with another model and batch; data is replaced by synthetic batches."""
+    from deit.schema import SCHEMA
+    from engine.config import load_config
+    overrides = [f"Global.output_dir={output_dir}", "Global.eval_during_train=false",
+                 f"DataLoader.Train.sampler.batch_size={batch}", "Global.progress=off",
+                 "DataLoader.Train.loader.num_workers=0"]
+    overrides += [f"Model.{k}={v}" for k, v in model.items()]
+    overrides += [f"Global.{k}={v}" for k, v in global_overrides.items()]
+    return load_config(os.path.join(ROOT, "configs", "demo.yaml"), overrides, SCHEMA)
+
+
+class SyntheticBatches:
+    """`steps` identical batches of random images: the step is timed, not the loader."""
+
+    def __init__(self, steps, batch, img_size, classes, tensor=True):
+        import numpy as np
+        rng = np.random.default_rng(0)
+        self.images = rng.standard_normal((batch, 3, img_size, img_size)).astype(np.float32)
+        self.labels = rng.integers(0, classes, batch)
+        if tensor:
+            import paddle
+            self.images, self.labels = paddle.to_tensor(self.images), paddle.to_tensor(self.labels)
+        self.steps = steps
+
+    def set_epoch(self, epoch, start_batch=0):
+        pass
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield self.images, self.labels
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

@@ -1,0 +1,43 @@
+"""CPU math settings that must be in the environment before Paddle (and its MKL) loads.
+
+Two measured effects on our 2-core AMD EPYC (bench/NOTES.md):
+- Paddle runs one OpenMP thread unless OMP_NUM_THREADS says otherwise: 27 vs 50 GFLOP/s.
+- Paddle's bundled MKL picks a slow generic kernel on non-Intel CPUs; MKL_DEBUG_CPU_TYPE=5
+  makes it use its AVX2 path: ViT matmuls go from 40-60 to 90-170 GFLOP/s.
+This module imports nothing heavy, so it can run first.
+"""
+import os
+
+
+def available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """'AuthenticAMD', 'GenuineIntel', ... or '' when unknown (not Linux, no x86)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def configure_cpu_math(num_threads: int = 0, environ=None, vendor: str | None = None) -> dict:
+    """Set OMP_NUM_THREADS (num_threads > 0 wins, else keep the user's, else all cores) and,
+    on AMD, MKL_DEBUG_CPU_TYPE=5 unless the user set it. Returns what it set."""
+    env = os.environ if environ is None else environ
+    changed = {}
+    if num_threads > 0:
+        changed["OMP_NUM_THREADS"] = str(num_threads)
+    elif "OMP_NUM_THREADS" not in env:
+        changed["OMP_NUM_THREADS"] = str(available_cores())
+    vendor = cpu_vendor() if vendor is None else vendor
+    if vendor == "AuthenticAMD" and "MKL_DEBUG_CPU_TYPE" not in env:
+        changed["MKL_DEBUG_CPU_TYPE"] = "5"
+    env.update(changed)
+    return changed
