@@ -77,3 +77,22 @@ def test_init_schemes(scheme, std):
     assert abs(w.std() - std) / std < 0.02 and abs(w.mean()) < std / 50
     assert np.all(model.blocks[0].mlp.fc1.bias.numpy() == 0)
     assert np.all(model.norm.weight.numpy() == 1) and np.all(model.norm.bias.numpy() == 0)
+
+
+def test_cpu_linear_gradients_match_the_hand_derivation():
+    """y = x W + b: dL/dx = g W^T, dL/dW = x^T g, dL/db = sum of g over rows (numpy)."""
+    from deit.cpu_linear import Linear
+    rng = np.random.default_rng(0)
+    layer = Linear(6, 5)
+    x_np, g_np = rng.standard_normal((2, 3, 6)).astype("float32"), rng.standard_normal((2, 3, 5)).astype("float32")
+    x = paddle.to_tensor(x_np, stop_gradient=False)
+    y = layer(x)
+    y.backward(paddle.to_tensor(g_np))
+    w, b = layer.weight.numpy(), layer.bias.numpy()
+    np.testing.assert_allclose(y.numpy(), x_np @ w + b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), g_np @ w.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.weight.grad.numpy(), x_np.reshape(-1, 6).T @ g_np.reshape(-1, 5),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.bias.grad.numpy(), g_np.reshape(-1, 5).sum(0), rtol=1e-5, atol=1e-6)
+    with paddle.no_grad():  # inference takes nn.Linear's own path, same values
+        np.testing.assert_allclose(layer(x).numpy(), y.numpy(), rtol=0, atol=0)
