@@ -92,7 +92,7 @@ def _train(cfg, dry_run: bool) -> int:
     out = cfg["Global"]["output_dir"]
     ckpt = resolve_checkpoint(cfg["Global"]["checkpoint"], out)
     if ckpt:
-        engine.load_state_dict(read_checkpoint(ckpt, engine.model))
+        engine.load_state_dict(read_checkpoint(ckpt, engine.model, dist.world_size()))
         print(f"resumed from {ckpt} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.yaml"), "w", encoding="utf-8") as f:
@@ -102,6 +102,13 @@ def _train(cfg, dry_run: bool) -> int:
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
         return 128 + exc.signum
+    except RuntimeError as exc:
+        if not dist.is_peer_failure(exc):
+            raise
+        print(f"error: rank {dist.rank()}: a collective failed because another process of this launch "
+              f"died or is unreachable ({str(exc).splitlines()[0]}); see that rank's workerlog. "
+              f"Nothing was saved after the failure: resume with -o Global.checkpoint=auto", file=sys.stderr)
+        return 1
     return 0
 
 

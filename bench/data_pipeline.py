@@ -1,11 +1,15 @@
 """Train-transform throughput per core: ours vs timm's create_transform, same JPEGs, same run.
 
-    OMP_NUM_THREADS=1 python bench/data_pipeline.py [--images 300] [--repeats 3]
+    OMP_NUM_THREADS=1 python bench/data_pipeline.py [--images 300] [--repeats 3] [--loader-workers 1 2]
 
 Decodes ImageNet-sized JPEGs (about 400x350, generated) and applies the DeiT recipe: random
 resized crop 224 bicubic, flip, RandAugment rand-m9-mstd0.5-inc1, normalize, random erasing
 0.25. One process, one core: images/s per core. timm runs only if it is installed; the two are
 interleaved and the median of the repeats is reported, with the ratio.
+
+--loader-workers N...: also feed the same JPEGs from disk through the real training Loader of
+PLSC's DeiT-B config (list file, repeated-augmentation sampler, Mixup/CutMix, batch 32) with
+N worker processes and report its images/s: compare with the step's (bench/train_step.py).
 """
 import argparse
 import io
@@ -65,10 +69,41 @@ def run_timm(blobs, transform):
     return len(blobs) / (time.perf_counter() - start)
 
 
+def run_loader(blobs, workers: int, batches: int = 8) -> float:
+    """Images/s out of the training Loader built from PLSC's DeiT-B config, N workers."""
+    import tempfile
+    from deit.build import build_train_loader
+    from deit.schema import SCHEMA
+    from engine.config import load_config
+    root = tempfile.mkdtemp()
+    with open(os.path.join(root, "train_list.txt"), "w") as listing:
+        for i, blob in enumerate(blobs):
+            with open(os.path.join(root, f"{i}.jpg"), "wb") as f:
+                f.write(blob)
+            listing.write(f"{i}.jpg {i % 1000}\n")
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "plsc",
+                          "DeiT_base_patch16_224_in1k_1n8c_dp_fp16o2.yaml")
+    cfg = load_config(config, [f"DataLoader.Train.dataset.image_root={root}",
+                               f"DataLoader.Train.dataset.cls_label_path={root}/train_list.txt",
+                               "DataLoader.Train.sampler.batch_size=32",
+                               f"DataLoader.Train.loader.num_workers={workers}"], SCHEMA)
+    loader = build_train_loader(cfg)
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it)  # worker start-up is not throughput
+    start, n = time.perf_counter(), 0
+    for _ in range(min(batches, len(loader) - 1)):
+        n += next(it)[0].shape[0]
+    rate = n / (time.perf_counter() - start)
+    del it
+    return rate
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--loader-workers", type=int, nargs="*", default=[])
     args = p.parse_args()
     try:
         import torch
@@ -99,6 +134,9 @@ def main():
         print(f"ratio ours / timm: {statistics.median(ours) / statistics.median(theirs):.2f}x")
     else:
         print("timm not installed: no reference run (pip install torch timm to compare)")
+    for workers in args.loader_workers:
+        rate = run_loader(blobs, workers)
+        print(f"training Loader, PLSC DeiT-B ops + Mixup/CutMix, {workers} worker(s): {rate:.1f} img/s")
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ def build_training(cfg) -> Engine:
     out = g["output_dir"]
     hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule),
               Checkpoint(out, model, g["save_interval"], g["save_unit"], g["max_num_latest_checkpoint"],
-                         extra={"config": cfg}),
+                         extra={"config": cfg, "world_size": dist.world_size()}),
               MetricsLog(os.path.join(out, "metrics.jsonl")), Progress(g["progress"]),
               DataHealth(train_loader.dataset)]
     if eval_loader is not None:

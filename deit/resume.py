@@ -24,8 +24,9 @@ def resolve_checkpoint(value, output_dir):
     return value
 
 
-def read_checkpoint(path: str, model) -> dict:
-    """Load a training checkpoint and check that it belongs to `model`."""
+def read_checkpoint(path: str, model, world_size: int = 1) -> dict:
+    """Load a training checkpoint and check that it belongs to `model` and to a launch of
+    `world_size` processes (its sampler position and global batch depend on it)."""
     try:
         ckpt = paddle.load(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
@@ -39,6 +40,13 @@ def read_checkpoint(path: str, model) -> dict:
     problems = shape_problems(found, expected)
     if problems:
         raise CheckpointError(f"Global.checkpoint: {path} was saved from another model: " + "; ".join(problems))
+    saved_world = ckpt.get("world_size", 1)
+    if saved_world != world_size:
+        raise CheckpointError(
+            f"Global.checkpoint: {path} was saved by a run of {saved_world} process(es) and this launch "
+            f"has {world_size}: its position in the epoch and its global batch (and LR) belong to "
+            f"{saved_world}; relaunch with {saved_world} process(es) (python -m paddle.distributed.launch "
+            f"--nproc_per_node ...), or start a new run from its weights")
     return ckpt
 
 

@@ -33,3 +33,11 @@ def all_reduce_sums(values: dict) -> dict:
     t = paddle.to_tensor(np.array([values[k] for k in keys], dtype=np.float64))
     dist.all_reduce(t)
     return dict(zip(keys, t.numpy().tolist()))
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """A collective that failed because another process of the launch died or hung (gloo and
+    NCCL raise RuntimeError with these words; a hang ends at PADDLE_PG_TIMEOUT, 30 min)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and world_size() > 1 and any(
+        word in text for word in ("gloo", "NCCL", "pair_rank", "Connection reset", "Connection closed"))

@@ -143,3 +143,17 @@ def test_corrupt_checkpoint_names_the_previous_one(tiny_config, capsys):
     assert run.main(["-c", tiny_config, "-o", "Global.epochs=3", "-o", "Global.checkpoint=auto"]) == 2
     err = capsys.readouterr().err
     assert "epoch_2.pdckpt is corrupt" in err and "Global.checkpoint=" + os.path.join(out, "epoch_1.pdckpt") in err
+
+
+def test_checkpoint_of_another_world_size_is_refused(tiny_config, capsys):
+    assert run.main(["-c", tiny_config, "-o", "Global.epochs=1"]) == 0
+    out = os.path.join(os.path.dirname(tiny_config), "out")
+    path = os.path.join(out, "epoch_1.pdckpt")
+    ckpt = paddle.load(path)
+    assert ckpt["world_size"] == 1
+    ckpt["world_size"] = 2  # as if written by a 2-process launch
+    paddle.save(ckpt, path)
+    assert run.main(["-c", tiny_config, "-o", "Global.epochs=2", "-o", "Global.checkpoint=auto"]) == 2
+    err = capsys.readouterr().err
+    assert "saved by a run of 2 process(es) and this launch has 1" in err and "--nproc_per_node" in err
+    assert open(os.path.join(out, "latest.txt")).read().strip() == "epoch_1.pdckpt"
