@@ -149,19 +149,25 @@ def _evaluate(cfg) -> int:
     from deit.errors import SetupError
     from deit.evaluate import evaluate_sums, sums_to_metrics
     from engine import dist
+    from deit.resume import read_checkpoint, resolve_checkpoint
     weights = cfg["Global"]["pretrained_model"]
-    if not weights:
+    ckpt = None if weights else resolve_checkpoint(cfg["Global"]["checkpoint"], cfg["Global"]["output_dir"])
+    if not weights and not ckpt:
         raise SetupError("--eval needs weights: set -o Global.pretrained_model=PATH_PREFIX "
-                         "(a .pdparams file, e.g. output/final)")
+                         "(a .pdparams file, e.g. output/final) or -o Global.checkpoint=PATH.pdckpt|auto")
     setup_runtime(cfg)
     loader = build_eval_loader(cfg)
     model = build_model(cfg["Model"])
-    load_pretrained(model, weights)
+    if weights:
+        load_pretrained(model, weights)
+    else:
+        model.set_state_dict(read_checkpoint(ckpt, model, world_size=None)["model"])
+        weights = ckpt
     metrics = sums_to_metrics(dist.all_reduce_sums(
         evaluate_sums(model, loader, build_loss(cfg["Loss"]["Eval"], "Loss.Eval"), _topk(cfg))))
     if dist.is_main():
         print(f"eval: top1={metrics['top1']:.6f} top5={metrics.get('top5', float('nan')):.6f} "
-              f"loss={metrics['loss']:.6f} images={metrics['count']} devices={dist.world_size()}")
+              f"loss={metrics['loss']:.6f} images={metrics['count']} devices={dist.world_size()} weights={weights}")
         table = Table(title=f"Evaluation of {weights}")
         for key in ("top1", "top5", "loss", "count"):
             if key in metrics:

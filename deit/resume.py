@@ -24,9 +24,10 @@ def resolve_checkpoint(value, output_dir):
     return value
 
 
-def read_checkpoint(path: str, model, world_size: int = 1) -> dict:
+def read_checkpoint(path: str, model, world_size=1) -> dict:
     """Load a training checkpoint and check that it belongs to `model` and to a launch of
-    `world_size` processes (its sampler position and global batch depend on it)."""
+    `world_size` processes (its sampler position and global batch depend on it; None skips
+    that check, for evaluation)."""
     try:
         ckpt = paddle.load(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
@@ -41,7 +42,7 @@ def read_checkpoint(path: str, model, world_size: int = 1) -> dict:
     if problems:
         raise CheckpointError(f"Global.checkpoint: {path} was saved from another model: " + "; ".join(problems))
     saved_world = ckpt.get("world_size", 1)
-    if saved_world != world_size:
+    if world_size is not None and saved_world != world_size:
         raise CheckpointError(
             f"Global.checkpoint: {path} was saved by a run of {saved_world} process(es) and this launch "
             f"has {world_size}: its position in the epoch and its global batch (and LR) belong to "

@@ -44,6 +44,10 @@ def test_eval_mode_reports_the_same_top1_as_training(tiny_config, capsys):
     assert run.main(["-c", tiny_config, "--eval", "-o", f"Global.pretrained_model={out}/final"]) == 0
     printed = capsys.readouterr().out
     assert f"{last_eval['top1']:.4f}" in printed
+    # the latest training checkpoint holds the same (final) weights
+    assert run.main(["-c", tiny_config, "--eval", "-o", "Global.checkpoint=auto"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{last_eval['top1']:.4f}" in printed and "epoch_2.pdckpt" in printed
 
 
 def test_eval_without_weights_is_a_clear_error(tiny_config, capsys):
