@@ -199,6 +199,8 @@ def test_plsc_train_and_eval_transforms_build_and_are_deterministic():
     np.testing.assert_allclose(e, ref.transpose(2, 0, 1), atol=1e-5)
 
 
+# Paddle's loader thread also re-raises the worker's DataError before our Loader reports it
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_corrupt_files_in_worker_processes_stop_the_run_cleanly(tiny_config, tiny_dataset, tmp_path, capsys):
     import shutil
     import run
