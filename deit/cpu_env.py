@@ -16,15 +16,23 @@ def available_cores() -> int:
 
 
 def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """'AuthenticAMD', 'GenuineIntel', ... or '' when unknown (not Linux, no x86)."""
+    """'AuthenticAMD', 'GenuineIntel', ... or '' when unknown (not Linux, no x86). An AMD CPU
+    without AVX2 reads as 'AuthenticAMD-noavx2': MKL's AVX2 path would not run on it."""
+    vendor, flags = "", None
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                if line.startswith("vendor_id") and not vendor:
+                    vendor = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and flags is None:
+                    flags = line.split(":", 1)[1].split()
+                if vendor and flags is not None:
+                    break
     except OSError:
         pass
-    return ""
+    if vendor == "AuthenticAMD" and flags is not None and "avx2" not in flags:
+        return vendor + "-noavx2"
+    return vendor
 
 
 def configure_cpu_math(num_threads: int = 0, environ=None, vendor: str | None = None) -> dict:

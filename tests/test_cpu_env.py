@@ -21,6 +21,11 @@ def test_user_settings_are_kept_and_num_threads_wins():
 
 def test_vendor_is_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu sse2 avx avx2 fma\n")
     assert cpu_vendor(str(info)) == "AuthenticAMD"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx\n")
+    assert cpu_vendor(str(info)) == "AuthenticAMD-noavx2"  # MKL's AVX2 path would not run
+    env = {}
+    configure_cpu_math(0, env, vendor=cpu_vendor(str(info)))
+    assert "MKL_DEBUG_CPU_TYPE" not in env
     assert cpu_vendor(str(tmp_path / "missing")) == ""
