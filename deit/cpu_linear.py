@@ -1,8 +1,9 @@
-"""nn.Linear whose CPU backward computes the bias gradient as a matmul.
+"""nn.Linear whose CPU training path keeps the bias inside GEMMs.
 
-Paddle's CPU backward of `x @ W + b` sums the output gradient over rows with a slow
-column reduction (17 ms for a DeiT-Ti fc1 gradient, batch 32); `ones @ grad` is the same sum
-on the fast GEMM path. A DeiT-Ti training step gets ~10% faster on CPU (bench/NOTES.md).
+Paddle's CPU `x @ W + b` adds the bias in a separate broadcast pass (13 ms for a DeiT-Ti fc1
+output, batch 32, next to a 19 ms GEMM) and its backward sums the output gradient over rows
+with a slow column reduction (17 ms); `addmm` adds the bias inside the GEMM, and `ones @ grad`
+is the same sum on the GEMM path (bench/NOTES.md).
 Same parameters and state_dict as nn.Linear; any other case (GPU, low precision, no grad,
 static graph for export) takes nn.Linear's own path.
 """
@@ -15,7 +16,11 @@ class _LinearBiasByGemm(PyLayer):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        return paddle.matmul(x, weight) + bias
+        fan_in, fan_out = weight.shape
+        # addmm adds the bias inside the GEMM; a separate broadcast add costs a third as much
+        # again as the GEMM itself on CPU
+        out = paddle.addmm(bias.unsqueeze(0), x.reshape([-1, fan_in]), weight)
+        return out.reshape(x.shape[:-1] + [fan_out])
 
     @staticmethod
     def backward(ctx, grad):

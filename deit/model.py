@@ -17,7 +17,7 @@ def drop_path(x, rate: float, training: bool):
         return x
     keep = 1.0 - rate
     mask = paddle.floor(keep + paddle.rand([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype))
-    return x / keep * mask
+    return x * (mask / keep)  # as timm: scale the per-sample mask, one pass over x
 
 
 class DropPath(nn.Layer):
