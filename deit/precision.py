@@ -8,7 +8,7 @@ from functools import partial
 
 import numpy as np
 import paddle
-from paddle import _legacy_C_ops
+from paddle import _C_ops, _legacy_C_ops
 
 
 class Precision:
@@ -30,58 +30,58 @@ class Precision:
 
 
 class DynamicLossScaler:
-    """paddle.amp.GradScaler's dynamic loss scaling, on every device.
+    """paddle.amp.GradScaler's dynamic loss scaling, on every device, with no host sync.
 
-    Paddle's own GradScaler switches itself off on CPU; this one uses the same kernels
-    (check_finite_and_unscale, and the optimizer's `found_inf` input that skips the update on
-    device), so the fp16 logic runs, and is tested, on CPU too. `update()` reads one flag per
-    step, as Paddle's does. Counters follow Paddle: `decr_every_n_nan_or_inf` consecutive bad
-    steps shrink the scale, `incr_every_n_steps` consecutive good ones grow it.
+    Paddle's own GradScaler switches itself off on CPU and reads its found-inf flag on the host
+    after every step. This one keeps the scale, its good/bad-step counters and the count of
+    skipped steps in device tensors, updated by the same kernels (check_finite_and_unscale,
+    the optimizer's `found_inf` input that skips the update, update_loss_scaling_), so a step
+    never waits for the host; reading `loss_scale` or `skipped_steps` (at reports and
+    checkpoints) does. Counters follow Paddle: `decr_every_n_nan_or_inf` consecutive bad steps
+    shrink the scale, `incr_every_n_steps` consecutive good ones grow it.
     """
 
     def __init__(self, init_loss_scaling=65536.0, incr_ratio=2.0, decr_ratio=0.5,
                  incr_every_n_steps=2000, decr_every_n_nan_or_inf=1, use_dynamic_loss_scaling=True):
-        self.loss_scale = float(init_loss_scaling)
-        self.incr_ratio, self.decr_ratio = incr_ratio, decr_ratio
-        self.incr_every, self.decr_every = incr_every_n_steps, decr_every_n_nan_or_inf
+        self.incr_ratio, self.decr_ratio = float(incr_ratio), float(decr_ratio)
+        self.incr_every, self.decr_every = int(incr_every_n_steps), int(decr_every_n_nan_or_inf)
         self.dynamic = use_dynamic_loss_scaling
-        self.good_steps = self.bad_steps = self.skipped_steps = 0
-        self._found_inf = None
+        self._scale = paddle.to_tensor([float(init_loss_scaling)], dtype="float32")
+        self._good = paddle.zeros([1], dtype="int32")
+        self._bad = paddle.zeros([1], dtype="int32")
+        self._skipped = paddle.zeros([1], dtype="int64")
+        self._never_stop = paddle.to_tensor([False])
+
+    @property
+    def loss_scale(self) -> float:
+        return float(self._scale.item())
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self._skipped.item())
 
     def scale(self, loss):
-        return loss * self.loss_scale
+        return loss * self._scale.reshape([])
 
     def step(self, optimizer) -> None:
         grads = [p.grad for p in optimizer._parameter_list if p.grad is not None]
         found = paddle.to_tensor(False)
-        scale = paddle.to_tensor(np.float32(self.loss_scale))
-        _legacy_C_ops.check_finite_and_unscale(grads, scale, grads, found)  # in place
+        _legacy_C_ops.check_finite_and_unscale(grads, self._scale, grads, found)  # in place
         optimizer._set_auxiliary_var("found_inf", found)   # the kernel skips the update if set
         optimizer.step()
-        self._found_inf = found
-
-    def update(self) -> bool:
-        """Adjust the scale after a step; returns True when that step was skipped."""
-        skipped = bool(self._found_inf) if self._found_inf is not None else False
-        self._found_inf = None
-        if skipped:
-            self.skipped_steps += 1
-            self.good_steps, self.bad_steps = 0, self.bad_steps + 1
-            if self.dynamic and self.bad_steps >= self.decr_every:
-                self.loss_scale *= self.decr_ratio
-                self.bad_steps = 0
-        else:
-            self.bad_steps, self.good_steps = 0, self.good_steps + 1
-            if self.dynamic and self.good_steps >= self.incr_every:
-                self.loss_scale *= self.incr_ratio
-                self.good_steps = 0
-        return skipped
+        self._skipped.add_(found.astype("int64").reshape([1]))
+        if self.dynamic:  # in place on scale and counters (zeroes the grads of a skipped step)
+            _C_ops.update_loss_scaling_(grads, found.reshape([1]), self._scale, self._good, self._bad,
+                                        self.incr_every, self.decr_every, self.incr_ratio,
+                                        self.decr_ratio, self._never_stop)
 
     def state_dict(self) -> dict:
-        return {"loss_scale": self.loss_scale, "good_steps": self.good_steps,
-                "bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps}
+        return {"loss_scale": self.loss_scale, "good_steps": int(self._good.item()),
+                "bad_steps": int(self._bad.item()),
+                "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.loss_scale = state["loss_scale"]
-        self.good_steps, self.bad_steps = state["good_steps"], state["bad_steps"]
-        self.skipped_steps = state["skipped_steps"]
+        self._scale.set_value(paddle.to_tensor([state["loss_scale"]], dtype="float32"))
+        self._good.set_value(paddle.to_tensor([state["good_steps"]], dtype="int32"))
+        self._bad.set_value(paddle.to_tensor([state["bad_steps"]], dtype="int32"))
+        self._skipped.set_value(paddle.to_tensor([state["skipped_steps"]], dtype="int64"))

@@ -33,8 +33,7 @@ class GradScaler(Hook):
     def iter_end(self, engine):
         if self.scaler is None:
             return
-        self.scaler.update()
-        record = fresh(engine.state, "train")
+        record = fresh(engine.state, "train")  # the scale lives on the device: read it only here
         if record is not None:
             record.update(loss_scale=self.scaler.loss_scale, skipped_steps=self.scaler.skipped_steps)
 
