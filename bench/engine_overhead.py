@@ -26,10 +26,11 @@ from deit.cpu_env import configure_cpu_math  # noqa: E402
 
 configure_cpu_math()
 sys.path.insert(0, HERE)
+from _common import DEIT_TINY  # noqa: E402
 
 MODELS = {  # name: (Model overrides, batch, img_size, classes, steps per epoch)
     "demo": ({}, 64, 32, 10, 62),
-    "tiny": ({"name": "DeiT_tiny_patch16_224", "class_num": 1000, "drop_path_rate": 0.1}, 32, 224, 1000, 6),
+    "tiny": (DEIT_TINY, 32, 224, 1000, 6),
 }
 
 

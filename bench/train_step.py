@@ -22,11 +22,10 @@ _SET_FOR_PADDLE = set()
 def worker_ours(batch, steps, warmup):
     import time
     sys.path.insert(0, HERE)
-    from _common import SyntheticBatches, bench_config
+    from _common import DEIT_TINY, SyntheticBatches, bench_config
     from deit.build import build_training
     out = tempfile.mkdtemp()
-    cfg = bench_config({"name": "DeiT_tiny_patch16_224", "class_num": 1000, "drop_path_rate": 0.1},
-                       batch, out, epochs=1)
+    cfg = bench_config(DEIT_TINY, batch, out, epochs=1)
     cfg["DataLoader"]["Train"]["sampler"]["drop_last"] = True
     engine = build_training(cfg)
     engine.data = SyntheticBatches(warmup + steps, batch, 224, 1000)

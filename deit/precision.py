@@ -6,7 +6,6 @@ switches on mixed precision by configuring this object, so the step has no `if a
 import contextlib
 from functools import partial
 
-import numpy as np
 import paddle
 from paddle import _C_ops, _legacy_C_ops
 
