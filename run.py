@@ -59,6 +59,7 @@ def main(argv=None, force_eval: bool = False) -> int:
     _set_threads(args.config, args.override)
     _import_paddle_quietly()
     from engine.config import ConfigError, load_config
+    from engine.errors import UserError as EngineUserError
     from deit.errors import UserError
     from deit.schema import SCHEMA
     try:
@@ -68,7 +69,7 @@ def main(argv=None, force_eval: bool = False) -> int:
         if args.export:
             return _export(cfg)
         return _train(cfg, args.dry_run)
-    except (ConfigError, UserError) as exc:
+    except (ConfigError, UserError, EngineUserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -80,35 +81,42 @@ def eval_main(argv=None) -> int:
 def _train(cfg, dry_run: bool) -> int:
     import yaml
     from deit.build import build_training, describe_run
-    from deit.resume import read_checkpoint, resolve_checkpoint
     from engine import dist
+    from engine.files import atomic_write_text
     from hooks.checkpoint import Interrupted
-    engine = build_training(cfg)
+    engine, checkpoint = build_training(cfg)
     if dist.is_main():
         print(describe_run(cfg, engine), flush=True)
     if dry_run:
         print(engine.describe())
         return 0
-    out = cfg["Global"]["output_dir"]
-    ckpt = resolve_checkpoint(cfg["Global"]["checkpoint"], out)
-    if ckpt:
-        engine.load_state_dict(read_checkpoint(ckpt, engine.model, dist.world_size()))
-        print(f"resumed from {ckpt} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    try:
-        engine.run()
-    except Interrupted as exc:
-        print(str(exc), file=sys.stderr)
-        return 128 + exc.signum
-    except RuntimeError as exc:
-        if not dist.is_peer_failure(exc):
-            raise
-        print(f"error: rank {dist.rank()}: a collective failed because another process of this launch "
-              f"died or is unreachable ({str(exc).splitlines()[0]}); see that rank's workerlog. "
-              f"Nothing was saved after the failure: resume with -o Global.checkpoint=auto", file=sys.stderr)
-        return 1
+    run_dir = checkpoint.run_dir
+    with run_dir:  # rank 0 holds output_dir/run.lock until the run ends
+        resumed = dist.agreed(lambda: checkpoint.resume(engine, cfg["Global"]["checkpoint"]))
+        state = engine.state
+        if resumed:
+            print(f"resumed from {resumed} at epoch {state.epoch}, iteration {state.iteration}")
+            if state.epoch >= state.max_epochs and state.epoch_ended:
+                print(f"the run in {run_dir.path} is complete ({state.epoch} of {state.max_epochs} epochs): "
+                      f"raise Global.epochs to train longer, or start over in another Global.output_dir")
+        if dist.is_main():
+            atomic_write_text(run_dir.file("config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
+        try:
+            engine.run()
+        except Interrupted as exc:
+            print(str(exc), file=sys.stderr)
+            return 128 + exc.signum
+        except KeyboardInterrupt:
+            print(f"stopped without saving; latest.txt in {run_dir.path} names the newest complete "
+                  f"checkpoint: resume with -o Global.checkpoint=auto", file=sys.stderr)
+            return 130
+        except RuntimeError as exc:
+            if not dist.is_peer_failure(exc):
+                raise
+            print(f"error: rank {dist.rank()}: a collective failed because another process of this launch "
+                  f"died or is unreachable ({str(exc).splitlines()[0]}); see that rank's workerlog. "
+                  f"Nothing was saved after the failure: resume with -o Global.checkpoint=auto", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -148,10 +156,18 @@ def _evaluate(cfg) -> int:
     from deit.build import build_eval_loader, build_loss, build_model, load_pretrained, setup_runtime, _topk
     from deit.errors import SetupError
     from deit.evaluate import evaluate_sums, sums_to_metrics
+    from deit.pretrained import shape_problems
     from engine import dist
-    from deit.resume import read_checkpoint, resolve_checkpoint
-    weights = cfg["Global"]["pretrained_model"]
-    ckpt = None if weights else resolve_checkpoint(cfg["Global"]["checkpoint"], cfg["Global"]["output_dir"])
+    from engine.errors import CheckpointError
+    from hooks.checkpoint import read_checkpoint
+    from hooks.run_directory import RunDirectory
+    weights, ckpt = cfg["Global"]["pretrained_model"], cfg["Global"]["checkpoint"]
+    if not weights and ckpt == "auto":
+        run_dir = RunDirectory(cfg["Global"]["output_dir"])
+        latest = run_dir.latest()
+        ckpt = run_dir.file(latest) if latest else None
+    elif not weights and ckpt and not os.path.isfile(ckpt):
+        raise CheckpointError(f"Global.checkpoint: {ckpt} does not exist")
     if not weights and not ckpt:
         raise SetupError("--eval needs weights: set -o Global.pretrained_model=PATH_PREFIX "
                          "(a .pdparams file, e.g. output/final) or -o Global.checkpoint=PATH.pdckpt|auto")
@@ -161,7 +177,7 @@ def _evaluate(cfg) -> int:
     if weights:
         load_pretrained(model, weights)
     else:
-        model.set_state_dict(read_checkpoint(ckpt, model, world_size=None)["model"])
+        model.set_state_dict(read_checkpoint(ckpt, model, shape_problems, world_size=None)["model"])
         weights = ckpt
     metrics = sums_to_metrics(dist.all_reduce_sums(
         evaluate_sums(model, loader, build_loss(cfg["Loss"]["Eval"], "Loss.Eval"), _topk(cfg))))

@@ -14,6 +14,7 @@ import numpy as np
 import paddle
 
 from engine import Engine, Hook, dist
+from engine.serialization import load_restricted
 from hooks.checkpoint import Checkpoint
 from hooks.data_health import DataHealth
 from hooks.ema import EMA
@@ -23,6 +24,7 @@ from hooks.lr_schedule import LRSchedule
 from hooks.metrics_log import MetricsLog
 from hooks.nan_guard import NanGuard
 from hooks.progress import Progress
+from hooks.run_directory import RunDirectory
 from hooks.train_meter import TrainMeter
 
 from .data.datasets import ImageFolder, ImageNetDataset
@@ -37,7 +39,7 @@ from .loss import LOSSES
 from .model import FACTORIES, VisionTransformer
 from .optim import build_adamw
 from .precision import Precision
-from .pretrained import fit_state_dict
+from .pretrained import fit_state_dict, shape_problems
 from .schedule import TimmCosine
 from .step import make_train_step
 
@@ -176,21 +178,28 @@ def load_pretrained(model, prefix: str) -> None:
     path = prefix if prefix.endswith(".pdparams") else prefix + ".pdparams"
     if not os.path.isfile(path):
         raise CheckpointError(f"Global.pretrained_model: {path} does not exist")
-    try:
-        state = paddle.load(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"Global.pretrained_model: {path} is not a readable .pdparams file ({exc})") from None
-    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+    state = load_restricted(path, "Global.pretrained_model")
+    if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise CheckpointError(f"Global.pretrained_model: {path} is not a model state_dict "
                               f"(a training checkpoint goes to Global.checkpoint)")
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
-    arrays = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in state.items()}
-    fitted = fit_state_dict(arrays, expected, f"Global.pretrained_model {path}")
+    fitted = fit_state_dict(state, expected, f"Global.pretrained_model {path}")
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in fitted.items()})
 
 
-def build_training(cfg) -> Engine:
-    """Everything for a training run, validated; nothing is written to output_dir here."""
+# Config keys a resumed run may not change: the position in the epoch (which samples were
+# seen, the step count, the RNG streams) and the model's shapes are defined by them.
+RESUME_FIXED = (
+    "Model.name", "Model.class_num", "Model.img_size", "Model.patch_size", "Model.embed_dim",
+    "Model.depth", "Model.num_heads", "Model.mlp_ratio", "Global.accum_steps", "Global.seed",
+    "DataLoader.Train.dataset.name", "DataLoader.Train.dataset.image_root",
+    "DataLoader.Train.dataset.cls_label_path", "DataLoader.Train.sampler",
+)
+
+
+def build_training(cfg):
+    """Everything for a training run, validated; nothing is written to output_dir here.
+    Returns the engine and its Checkpoint hook, which owns the run directory and resuming."""
     g, amp = cfg["Global"], cfg["FP16"]
     setup_runtime(cfg)
     train_loader = build_train_loader(cfg)
@@ -226,11 +235,14 @@ def build_training(cfg) -> Engine:
                            precision, g["accum_steps"])
     engine = Engine(step, train_loader, max_epochs=g["epochs"], model=model, optimizer=optimizer,
                     seed=g["seed"])
-    out = g["output_dir"]
-    hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule),
-              Checkpoint(out, model, g["save_interval"], g["save_unit"], g["max_num_latest_checkpoint"],
-                         extra={"config": cfg, "world_size": dist.world_size()}),
-              MetricsLog(os.path.join(out, "metrics.jsonl")), Progress(g["progress"]),
+    run_dir = RunDirectory(g["output_dir"], is_main=dist.is_main())
+    checkpoint = Checkpoint(run_dir, model, optimizer, g["save_interval"], g["save_unit"],
+                            g["max_num_latest_checkpoint"], config=cfg, world_size=dist.world_size(),
+                            fixed=RESUME_FIXED, shape_problems=shape_problems,
+                            facts={"training images": len(train_loader.dataset),
+                                   "steps per epoch": len(train_loader)})
+    hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule), checkpoint,
+              MetricsLog(run_dir.file("metrics.jsonl")), Progress(g["progress"]),
               DataHealth(train_loader.dataset)]
     if eval_loader is not None:
         eval_loss = build_loss(cfg["Loss"]["Eval"], "Loss.Eval")
@@ -246,7 +258,7 @@ def build_training(cfg) -> Engine:
     hooks += [import_hook(name, kwargs) for entry in cfg["Hooks"] for name, kwargs in entry.items()]
     for hook in hooks:
         engine.register(hook)
-    return engine
+    return engine, checkpoint
 
 
 def describe_run(cfg, engine) -> str:

@@ -33,9 +33,9 @@ SCHEMA = {
         "pretrained_model": ("str?", None),
         "output_dir": ("str", "./output/"),
         "device": (("cpu", "gpu"), "gpu"),
-        "save_interval": ("int", 1),
+        "save_interval": ("int", 1, ">=1"),
         "save_unit": (("epoch", "step"), "epoch"),      # ours
-        "max_num_latest_checkpoint": ("int", 0),
+        "max_num_latest_checkpoint": ("int", 0, ">=0"),   # 0 keeps all
         "eval_during_train": ("bool", True),
         "eval_interval": ("int", 1),
         "eval_unit": (("epoch", "step"), "epoch"),

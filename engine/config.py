@@ -1,6 +1,7 @@
 """YAML configs in PLSC's layout, `-o Section.key=value` overrides, and validation.
 
-A schema is plain data: a dict whose leaves are `(kind, default)` pairs, where kind is
+A schema is plain data: a dict whose leaves are `(kind, default)` pairs, or `(kind, default,
+bound)` with a bound such as ">=1" or ">0" for numbers, where kind is
 "int", "float", "bool", "str", "str?" (string or null), "float2" (a pair such as
 "(0.9, 0.999)"), "list", "any", or a tuple of allowed strings. A dict leaf of the form
 `{"*": ...}` accepts any key; a section given as the string "ops" is a list of one-key
@@ -14,8 +15,10 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(Exception):
+
+class ConfigError(UserError):
     """A problem the user fixes in the config file or on the command line."""
 
 
@@ -71,7 +74,10 @@ def apply_override(cfg: dict, item: str, schema: Optional[dict] = None) -> None:
 
 def validate(cfg: Any, schema: Any, where: str = "config", path: str = "") -> Any:
     if isinstance(schema, tuple):
-        return _coerce(cfg, schema[0], f"{where}: {path}")
+        value = _coerce(cfg, schema[0], f"{where}: {path}")
+        if len(schema) > 2 and value is not None:
+            _check_bound(value, schema[2], f"{where}: {path}")
+        return value
     if schema == "ops":
         return _validate_ops(cfg, where, path)
     if isinstance(schema, dict):
@@ -157,6 +163,15 @@ def _coerce(value, kind, label):
     raise TypeError(f"unknown schema kind {kind!r}")
 
 
+def _check_bound(value, bound: str, label: str) -> None:
+    """`bound` is ">=N" or ">N"; the message says what the key means when it is out of range."""
+    strict = not bound.startswith(">=")
+    limit = float(bound.lstrip(">="))
+    if value < limit or (strict and value == limit):
+        shown = int(limit) if limit.is_integer() else limit
+        raise ConfigError(f"{label} must be {'>' if strict else '>='} {shown}, got {value!r}")
+
+
 def _number(value):
     """YAML 1.1 reads `1e-3` as a string and PLSC writes `1.0/255.0`: accept both."""
     if isinstance(value, (int, float)):
@@ -175,3 +190,16 @@ def _join(path: str, key) -> str:
 def _suggest(key: str, options) -> str:
     close = difflib.get_close_matches(str(key), [str(o) for o in options if o != "*"], n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def differences(old: Any, new: Any, path: str = "") -> List[tuple]:
+    """Every leaf that differs between two configs, as `(dotted.key, old, new)`; list entries
+    are addressed by index when both lists have the same length, as in `-o` overrides."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += differences(old.get(key), new.get(key), _join(path, key))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, _join(path, i))]
+    return [] if old == new else [(path, old, new)]

@@ -41,3 +41,24 @@ def is_peer_failure(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and world_size() > 1 and any(
         word in text for word in ("gloo", "NCCL", "pair_rank", "Connection reset", "Connection closed"))
+
+
+def agreed(start):
+    """Run `start()` on every rank and raise on all of them if it raised on any, so that a
+    launch whose rank 0 refuses to start (a locked output_dir, a bad checkpoint) stops as a
+    whole instead of leaving the other ranks waiting at their first collective."""
+    from .errors import UserError
+    error, result = None, None
+    try:
+        result = start()
+    except UserError as exc:
+        error = exc
+    if world_size() > 1:
+        flag = paddle.to_tensor([0 if error else 1], dtype="int32")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if error is None and int(flag.item()) == 0:
+            error = UserError(f"rank {rank()}: another process of this launch refused to start "
+                              f"(its message is in its log; rank 0 checks output_dir and the checkpoint)")
+    if error is not None:
+        raise error
+    return result

@@ -1,10 +1,6 @@
 """The training loop: a step function, a data iterable, and hooks around them."""
-import base64
-import pickle
-import random
 from typing import Any, Callable, Iterable, List, Optional
 
-import numpy as np
 import paddle
 
 from .events import Events
@@ -17,7 +13,7 @@ class Engine:
 
     `data` may define `set_epoch(epoch, start_batch=k)`: the engine calls it before each
     epoch so that a resumed run continues at batch k without loading the batches before it.
-    `model` and `optimizer` are only held to checkpoint them; the step function uses its own
+    `model` and `optimizer` are held for hooks that need them; the step function uses its own
     references. The step fires AFTER_BACKWARD itself (`engine.fire("after_backward")`),
     and an eval hook fires EVAL_END.
     """
@@ -83,7 +79,7 @@ class Engine:
         state.should_stop = False
         try:
             self.fire(Events.STARTED)
-            while (state.epoch < state.max_epochs or self._mid_epoch()) and not state.should_stop:
+            while (state.epoch < state.max_epochs or not state.epoch_ended) and not state.should_stop:
                 self._run_epoch()
             self.fire(Events.COMPLETED)
         except BaseException as exc:
@@ -92,16 +88,12 @@ class Engine:
             raise
         return state
 
-    def _mid_epoch(self) -> bool:
-        """True after loading a checkpoint saved part-way through an epoch."""
-        s = self.state
-        return bool(s.iters_per_epoch) and 0 < s.epoch_iter < s.iters_per_epoch
-
     def _run_epoch(self) -> None:
         state = self.state
-        if not self._mid_epoch():
+        if state.epoch_ended:  # else: resumed inside this epoch (perhaps after its last step)
             state.epoch += 1
             state.epoch_iter = 0
+            state.epoch_ended = False
         if hasattr(self.data, "set_epoch"):
             self.data.set_epoch(state.epoch, start_batch=state.epoch_iter)
         self.fire(Events.EPOCH_START)
@@ -114,6 +106,7 @@ class Engine:
             if state.should_stop:
                 break
         state.batch = None
+        state.epoch_ended = True  # a checkpoint written at EPOCH_END resumes in the next epoch
         self.fire(Events.EPOCH_END)
 
     def _fire_exception(self) -> None:
@@ -126,64 +119,20 @@ class Engine:
 
     # ---- checkpointing ------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Counters, model, optimizer, every stateful hook and every RNG: all a resume needs."""
+        """The loop's position and every stateful hook's state (Ignite's symmetry: the model,
+        optimizer and RNG belong to whoever saves the checkpoint, see hooks/checkpoint.py)."""
         hooks = {}
         for hook in self._hooks:
             hook_state = hook.state_dict()
             if hook_state:
                 hooks[hook.state_key()] = hook_state
-        return {
-            "counters": self.state.counters(),
-            "model": self.model.state_dict() if self.model is not None else None,
-            "optimizer": self._optimizer_state(to_structured=True),
-            "hooks": hooks,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                    "paddle": _paddle_rng_get()},
-        }
+        return {"position": self.state.position(), "hooks": hooks}
 
-    def load_state_dict(self, ckpt: dict) -> None:
-        counters = ckpt["counters"]
-        self.state.epoch = counters["epoch"]
-        self.state.iteration = counters["iteration"]
-        self.state.epoch_iter = counters["epoch_iter"]
-        if self.model is not None and ckpt.get("model") is not None:
-            self.model.set_state_dict(ckpt["model"])
-        if self.optimizer is not None and ckpt.get("optimizer") is not None:
-            self.optimizer.set_state_dict(self._optimizer_state(ckpt["optimizer"], to_structured=False))
-        saved_hooks = ckpt.get("hooks", {})
+    def load_state_dict(self, saved: dict) -> None:
+        self.state.set_position(saved["position"])
         for hook in self._hooks:
-            if hook.state_key() in saved_hooks:
-                hook.load_state_dict(saved_hooks[hook.state_key()])
-        rng = ckpt.get("rng")
-        if rng:
-            random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
-            _paddle_rng_set(rng["paddle"])
-
-
-    def _optimizer_state(self, state=None, to_structured=True):
-        """Paddle keys optimizer state by internal parameter names (`linear_3.w_0_moment1_0`),
-        which depend on how many layers the process built before; checkpoints use the model's
-        structured names (`blocks.0.attn.qkv.weight_moment1_0`) so they load anywhere."""
-        if self.optimizer is None:
-            return None
-        if state is None:
-            state = self.optimizer.state_dict()
-        pairs = [(p.name, n) for n, p in self.model.named_parameters()] if self.model is not None else []
-        src_dst = pairs if to_structured else [(n, i) for i, n in pairs]
-        src_dst.sort(key=lambda pair: -len(pair[0]))
-        lookup = dict(src_dst)
-
-        def rename(key):
-            if key in lookup:
-                return lookup[key]
-            for src, dst in src_dst:
-                if key.startswith(src + "_"):
-                    return dst + key[len(src):]
-            return key
-
-        return {rename(k): ({rename(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v)
-                for k, v in state.items()}
+            if hook.state_key() in saved["hooks"]:
+                hook.load_state_dict(saved["hooks"][hook.state_key()])
 
 
 def _len_or_none(data) -> Optional[int]:
@@ -196,13 +145,3 @@ def _len_or_none(data) -> Optional[int]:
 def _note(exc: BaseException, text: str) -> None:
     if hasattr(exc, "add_note"):  # Python 3.11+
         exc.add_note(text)
-
-
-def _paddle_rng_get() -> str:
-    """Generator states of the current device (CPU or GPU): opaque objects, so pickled, and
-    base64 text because paddle.save accepts no bytes."""
-    return base64.b64encode(pickle.dumps(paddle.get_rng_state())).decode("ascii")
-
-
-def _paddle_rng_set(text: str) -> None:
-    paddle.set_rng_state(pickle.loads(base64.b64decode(text)))

@@ -14,6 +14,7 @@ class State:
     epoch: int = 0
     iteration: int = 0
     epoch_iter: int = 0
+    epoch_ended: bool = True   # False from EPOCH_START until EPOCH_END fires
     seed: int = 0
     batch: Any = None
     output: Any = None
@@ -37,3 +38,11 @@ class State:
 
     def counters(self) -> Dict[str, int]:
         return {"epoch": self.epoch, "iteration": self.iteration, "epoch_iter": self.epoch_iter}
+
+    def position(self) -> Dict[str, Any]:
+        """Where the loop is: the counters, and whether this epoch's EPOCH_END has begun."""
+        return {**self.counters(), "epoch_ended": self.epoch_ended}
+
+    def set_position(self, position: Dict[str, Any]) -> None:
+        self.epoch, self.iteration = int(position["epoch"]), int(position["iteration"])
+        self.epoch_iter, self.epoch_ended = int(position["epoch_iter"]), bool(position["epoch_ended"])

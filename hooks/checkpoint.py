@@ -1,19 +1,24 @@
-"""Decides when and where to save; the engine's state_dict() says what.
+"""Checkpoints: when and where they are saved, and resuming from one, in one place.
 
-Every file is written to a temporary name in the same directory and renamed into place, so a
-kill at any moment (even during a write) leaves either the old file or the new one, never half
-of one. `latest.txt` names the newest complete checkpoint and is itself replaced atomically.
-SIGTERM/SIGINT (cluster preemption, Ctrl-C) save a checkpoint after the current step and stop
-the run with `Interrupted`; resume with `-o Global.checkpoint=auto`.
+What a checkpoint holds is in hooks/checkpoint_state.py; where files go and what may be
+deleted is in hooks/run_directory.py. Files are written atomically (engine/files.py) and read
+through a loader that never runs code (engine/serialization.py). SIGTERM/SIGINT (preemption,
+Ctrl-C) save a checkpoint at the end of the current step, or of the current epoch's end work,
+and stop the run with `Interrupted`; a second Ctrl-C stops at once without saving.
 """
-import glob
 import os
 import signal
+import sys
 import threading
+from typing import Callable, Optional, Sequence
 
-import paddle
+from engine import Hook
+from engine.config import differences
+from engine.errors import CheckpointError, WriteFailed
+from engine.serialization import dump, load_restricted
 
-from engine import Hook, dist
+from . import checkpoint_state
+from .run_directory import CHECKPOINT, RunDirectory
 
 
 class Interrupted(Exception):
@@ -25,57 +30,97 @@ class Interrupted(Exception):
                          f"-o Global.checkpoint=auto")
 
 
-def _tmp_name(path: str) -> str:
-    return f"{path}.tmp-{os.getpid()}"
-
-
-def atomic_save(obj, path: str) -> None:
-    tmp = _tmp_name(path)
-    try:
-        paddle.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 class Checkpoint(Hook):
-    """Saves `{output_dir}/epoch_{E}.pdckpt` (or `step_{N}.pdckpt`) every `interval` epochs or
-    steps and keeps the newest `keep` (0 = all); `best.pdparams` holds the weights with the best
+    """Saves `epoch_{E}.pdckpt` (or `step_{N}.pdckpt`) every `interval` epochs or steps and
+    keeps the newest `keep` it wrote (0 = all); `best.pdparams` holds the weights with the best
     top-1 so far and `final.pdparams` the weights at the end. Rank 0 writes; others only count.
 
-    Priority 80: after every hook that changes state at ITER_END/EPOCH_END (EMA 20, eval 30,
-    custom hooks at the default 50), so a checkpoint holds the state they left for that step."""
+    `fixed` names config keys (dotted, or a section prefix) that a resumed run must not change,
+    and `facts` values (e.g. the number of training images) that must be the same on resume;
+    `shape_problems(found, expected)` describes how two name -> shape maps differ."""
 
-    priority = 80
+    priority = 90  # see hooks/__init__.py: after every hook whose state or rows it records
 
-    def __init__(self, output_dir: str, model, interval: int = 1, unit: str = "epoch", keep: int = 0,
-                 extra: dict = None):
-        self.output_dir, self.model = output_dir, model
+    def __init__(self, run_dir: RunDirectory, model, optimizer=None, interval: int = 1,
+                 unit: str = "epoch", keep: int = 0, config: Optional[dict] = None,
+                 world_size: int = 1, fixed: Sequence[str] = (), facts: Optional[dict] = None,
+                 shape_problems: Callable = None):
+        if interval < 1 or keep < 0:
+            raise ValueError(f"Checkpoint needs interval >= 1 and keep >= 0, got {interval}, {keep}")
+        self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
         self.interval, self.unit, self.keep = interval, unit, keep
-        self.extra = extra or {}
-        self.saved = []
+        self.config, self.world_size, self.fixed = config or {}, world_size, tuple(fixed)
+        self.facts = dict(facts or {})
+        self.shape_problems = shape_problems or (lambda found, expected: [])
+        self.saved = []  # names of the checkpoints this run wrote in run_dir, oldest first
         self._signal = None
         self._previous_handlers = {}
 
+    # ---- resuming -------------------------------------------------------------------------
+    def resume(self, engine, checkpoint: Optional[str]) -> Optional[str]:
+        """Load everything from the checkpoint that Global.checkpoint (None, "auto" or a path)
+        designates in this run directory; returns its path, or None for a fresh start."""
+        path = self.run_dir.starting_point(checkpoint)
+        if path is None:
+            return None
+        try:
+            ckpt = load_restricted(path, "Global.checkpoint")
+        except CheckpointError as exc:
+            hint = self.run_dir.newest_hint(exclude=os.path.basename(path)) if self.run_dir.owns(path) else ""
+            raise CheckpointError(f"{exc}{hint}") from None
+        checkpoint_state.check(ckpt, path, self.model, self.world_size, self.shape_problems)
+        self._check_facts(ckpt, path)
+        changes = self._check_drift(ckpt, path, engine)
+        checkpoint_state.restore(ckpt, engine, self.model, self.optimizer)
+        if not self.run_dir.owns(path):
+            self.saved = []  # another directory's checkpoints are never this run's to delete
+        if changes:
+            print(f"resume: config changed since {os.path.basename(path)}: " +
+                  "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes))
+            engine.state.metrics["resume"] = {
+                "event": "resume", **engine.state.counters(), "from": path,
+                "changes": {k: [old, new] for k, old, new in changes}}
+        return path
+
+    def _check_facts(self, ckpt, path):
+        saved = ckpt.get("facts", {})
+        wrong = [f"{k}: {saved[k]} then, {v} now" for k, v in self.facts.items() if k in saved and saved[k] != v]
+        if wrong:
+            raise CheckpointError(f"Global.checkpoint: {path} belongs to other training data ("
+                                  + "; ".join(wrong) + "): its position in the epoch means nothing "
+                                  "here; start a new run from its weights")
+
+    def _check_drift(self, ckpt, path, engine):
+        changes = [c for c in differences(ckpt["config"], self.config) if c[0] != "Global.checkpoint"]
+        refused = [c for c in changes if any(c[0] == f or c[0].startswith(f + ".") for f in self.fixed)]
+        if refused:
+            raise CheckpointError(
+                f"Global.checkpoint: {path} cannot continue with these changes, which make its "
+                f"position in the run meaningless:\n" +
+                "\n".join(f"  {k}: {old!r} then, {new!r} now" for k, old, new in refused) +
+                "\nput them back, or start a new run (another Global.output_dir) from its weights")
+        epoch = ckpt["engine"]["position"]["epoch"]
+        if epoch > engine.state.max_epochs:
+            raise CheckpointError(f"Global.checkpoint: {path} is at epoch {epoch}, past "
+                                  f"Global.epochs={engine.state.max_epochs}; raise Global.epochs")
+        return changes
+
     # ---- lifecycle --------------------------------------------------------------------
     def started(self, engine):
-        if dist.is_main():
-            for stale in glob.glob(os.path.join(self.output_dir, "*.tmp-*")):
-                os.remove(stale)  # left by a process killed mid-write; never a complete file
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame):
+        if self._signal is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
+            return
         self._signal = signum
+        if self.run_dir.is_main:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint when this step ends"
+                  f"{' (Ctrl-C again to stop without saving)' if signum == signal.SIGINT else ''}",
+                  file=sys.stderr, flush=True)
 
     def _restore_signals(self):
         for signum, handler in self._previous_handlers.items():
@@ -86,45 +131,69 @@ class Checkpoint(Hook):
         state = engine.state
         if self.unit == "step" and state.every(self.interval):
             self.save(engine, f"step_{state.iteration}")
-        if self._signal is not None:
-            path = self.save(engine, f"step_{state.iteration}")
-            raise Interrupted(self._signal, path)
+        self._stop_if_signalled(engine, f"step_{state.iteration}")
 
     def epoch_end(self, engine):
         if self.unit == "epoch" and engine.state.every(self.interval, "epoch"):
             self.save(engine, f"epoch_{engine.state.epoch}")
+        self._stop_if_signalled(engine, f"epoch_{engine.state.epoch}")
+
+    def _stop_if_signalled(self, engine, name):
+        if self._signal is not None:
+            path = self.run_dir.file(name + ".pdckpt")
+            if not self.saved or self.saved[-1] != name + ".pdckpt":
+                self.save(engine, name)
+            raise Interrupted(self._signal, path)
 
     def eval_end(self, engine):
         record = engine.state.metrics["last_eval"]
-        if record["event"] == "eval" and record["is_best"] and dist.is_main():
-            atomic_save(self.model.state_dict(), os.path.join(self.output_dir, "best.pdparams"))
+        if record["event"] == "eval" and record["is_best"] and self.run_dir.is_main:
+            self._write(self.model.state_dict(), "best.pdparams")
 
     def completed(self, engine):
         self._restore_signals()
-        if dist.is_main():
-            atomic_save(self.model.state_dict(), os.path.join(self.output_dir, "final.pdparams"))
+        if self.run_dir.is_main:
+            self._write(self.model.state_dict(), "final.pdparams")
 
     def exception(self, engine):
         self._restore_signals()
 
     # ---- saving -----------------------------------------------------------------------
     def save(self, engine, name: str) -> str:
-        path = os.path.join(self.output_dir, name + ".pdckpt")
-        if path in self.saved:
-            self.saved.remove(path)
-        self.saved.append(path)  # before saving, so the checkpoint knows itself on resume
-        if not dist.is_main():
-            return path
-        atomic_save({**engine.state_dict(), **self.extra}, path)
-        atomic_write_text(os.path.basename(path) + "\n", os.path.join(self.output_dir, "latest.txt"))
+        name += ".pdckpt"
+        if name in self.saved:
+            self.saved.remove(name)
+        self.saved.append(name)  # before saving, so the checkpoint knows itself on resume
+        path = self.run_dir.file(name)
+        if self.run_dir.is_main:
+            state = checkpoint_state.capture(engine, self.model, self.optimizer, self.world_size, self.config)
+            self._write({**state, "facts": self.facts}, name)
+            self.run_dir.set_latest(name)
         while self.keep and len(self.saved) > self.keep:
             old = self.saved.pop(0)
-            if os.path.exists(old):
-                os.remove(old)
+            if self.run_dir.is_main:
+                self.run_dir.remove_checkpoint(old)
         return path
+
+    def _write(self, obj, name: str) -> None:
+        try:
+            dump(obj, self.run_dir.file(name))
+        except WriteFailed as exc:
+            previous = [n for n in self.saved if n != name and os.path.isfile(self.run_dir.file(n))]
+            after = (f"latest.txt still names {previous[-1]}: make room, then resume with "
+                     f"-o Global.checkpoint=auto" if previous else "no complete checkpoint was written yet")
+            raise WriteFailed(f"{exc}; {after}") from None
 
     def state_dict(self):
         return {"saved": list(self.saved)}
 
     def load_state_dict(self, state):
-        self.saved = list(state["saved"])
+        # names only, checked: a crafted list can never make the run delete anything else
+        self.saved = [n for n in state["saved"] if isinstance(n, str) and CHECKPOINT.match(n)]
+
+
+def read_checkpoint(path: str, model, shape_problems: Callable, world_size: Optional[int] = 1) -> dict:
+    """A training checkpoint, checked against `model` and the launch size (None: any size)."""
+    ckpt = load_restricted(path, "Global.checkpoint")
+    checkpoint_state.check(ckpt, path, model, world_size, shape_problems)
+    return ckpt

@@ -3,7 +3,7 @@ from engine import Hook, dist
 
 
 class DataHealth(Hook):
-    priority = 85
+    priority = 80
 
     def __init__(self, dataset):
         self.dataset, self.reported = dataset, 0

@@ -1,36 +1,66 @@
 """One JSON object per train report and per evaluation in `metrics.jsonl` (rank 0).
 
-A fresh run starts the file anew; a resumed run (iteration > 0 at STARTED) appends to it.
+The log is part of a checkpoint: its length in bytes is saved with the other hooks' states, and
+a resumed run cuts the file back to that length before appending. Rows written after the
+checkpoint (and lost with the interrupted run's work) are written again, once, by the resumed
+run, so the file equals the one an uninterrupted run writes. It runs before the Checkpoint
+hook at every event, so a checkpoint always includes the row of its own step.
 """
 import json
 import os
 
 from engine import Hook, dist
+from engine.files import write_failed
 
 from .train_meter import fresh
 
 
 class MetricsLog(Hook):
-    priority = 90
+    priority = 85
 
     def __init__(self, path: str):
-        self.path, self.file = path, None
+        self.path, self.file, self.resume_at = path, None, None
 
     def started(self, engine):
-        if dist.is_main():
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self.file = open(self.path, "a" if engine.state.iteration else "w", encoding="utf-8")
+        if not dist.is_main():
+            return
+        try:
+            self.file = self._open()
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
+        self._write(engine.state.metrics.get("resume"))  # what changed at a resume, if anything
+
+    def _open(self):
+        if self.resume_at is None:
+            return open(self.path, "wb")
+        size = os.path.getsize(self.path) if os.path.isfile(self.path) else 0
+        if size < self.resume_at:
+            print(f"note: {self.path} has {size} bytes, the checkpoint was taken at byte "
+                  f"{self.resume_at}: rows from before the resume are missing from it")
+        f = open(self.path, "r+b" if size else "wb")
+        f.truncate(min(size, self.resume_at))  # drop rows written after the checkpoint
+        f.seek(0, os.SEEK_END)
+        return f
 
     def _write(self, record):
         if self.file is not None and record is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write((json.dumps(record) + "\n").encode("utf-8"))
+                self.file.flush()
+            except OSError as exc:
+                raise write_failed(self.path, exc) from None
 
     def iter_end(self, engine):
         self._write(fresh(engine.state, "train"))
 
     def eval_end(self, engine):
         self._write(engine.state.metrics.get("last_eval"))
+
+    def state_dict(self):
+        return {"bytes": self.file.tell()} if self.file is not None else {}
+
+    def load_state_dict(self, state):
+        self.resume_at = state.get("bytes")
 
     def completed(self, engine):
         self._close()

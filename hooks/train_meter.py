@@ -14,14 +14,18 @@ class TrainMeter(Hook):
 
     def __init__(self, every: int = 10, warmup: int = 2):
         self.every, self.warmup = max(1, every), warmup
+        self.loss_sum, self.loss_count = None, 0
 
     def started(self, engine):
         self.steps_seen = 0
-        self._reset_window()
+        self._reset_timing()
         self.last_end = time.perf_counter()
 
     def _reset_window(self):
         self.loss_sum, self.loss_count = None, 0
+        self._reset_timing()
+
+    def _reset_timing(self):
         self.images, self.data_time, self.step_time, self.timed_steps = 0, 0.0, 0.0, 0
         self.window_start = time.perf_counter()
 
@@ -64,6 +68,16 @@ class TrainMeter(Hook):
             "step_time": per_step,
             "eta_s": per_step * remaining if per_step is not None else None,
         }
+
+
+    def state_dict(self):
+        """The losses of the open window, so that the first report after a resume averages
+        the same steps as it would have without the interruption."""
+        total = None if self.loss_sum is None else float(self.loss_sum)
+        return {"loss_sum": total, "loss_count": self.loss_count}
+
+    def load_state_dict(self, state):
+        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
 
 
 def fresh(state, kind: str):

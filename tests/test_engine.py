@@ -149,27 +149,77 @@ class EpochData:
         return iter(self.items[self.start:])
 
 
-def test_state_round_trip_resumes_mid_epoch_at_the_right_batch():
-    import numpy as np
-    seen_full, seen_resumed = [], []
-    full = Engine(lambda e, b: seen_full.append((e.state.epoch, b)), EpochData([1, 2, 3]), max_epochs=2)
-    full.register(Counter())
-    full.run()
+class Cut(Exception):
+    pass
 
-    first = Engine(lambda e, b: seen_resumed.append((e.state.epoch, b)), EpochData([1, 2, 3]), max_epochs=2)
-    first.register(Counter())
-    first.on(Events.ITER_END, lambda e: e.terminate() if e.state.iteration == 4 else None)
-    first.run()
-    np.random.seed(123)
-    saved = first.state_dict()
-    expected_draw = np.random.rand()
 
-    second = Engine(lambda e, b: seen_resumed.append((e.state.epoch, b)), EpochData([1, 2, 3]), max_epochs=2)
-    counter = second.register(Counter())
-    np.random.seed(0)
-    second.load_state_dict(saved)
-    assert counter.count == 4 and second.state.iteration == 4 and second.state.epoch_iter == 1
-    assert np.random.rand() == expected_draw  # RNG state restored
-    second.run()
-    assert seen_resumed == seen_full
-    assert counter.count == 6 and second.state.iteration == 6
+def _cut_at(iteration, event=Events.ITER_END):
+    """An engine over 3 batches x 2 epochs whose state is saved (as the Checkpoint hook does)
+    at `event` of `iteration`, after which the process "dies"."""
+    log, saved = [], {}
+    engine = Engine(_step, EpochData([1, 2, 3]), max_epochs=2)
+    engine.register(Recorder(log))
+    engine.register(Counter())
+
+    def save_and_die(e):
+        if e.state.iteration == iteration:
+            saved.update(e.state_dict())
+            raise Cut
+
+    engine.on(event, save_and_die, priority=90)
+    with pytest.raises(Cut):
+        engine.run()
+    return log, saved
+
+
+def _resume(saved):
+    log = []
+    engine = Engine(_step, EpochData([1, 2, 3]), max_epochs=2)
+    engine.register(Recorder(log))
+    counter = engine.register(Counter())
+    engine.load_state_dict(saved)
+    engine.run()
+    return log, counter
+
+
+def _uninterrupted():
+    log = []
+    engine = Engine(_step, EpochData([1, 2, 3]), max_epochs=2)
+    engine.register(Recorder(log))
+    engine.run()
+    return log
+
+
+def _work(log):
+    """The events that do work: iteration ends and epoch ends, with their counters."""
+    return [e for e in log if e[0] in ("iter_end", "epoch_end")]
+
+
+@pytest.mark.parametrize("cut", [1, 4, 3, 6], ids=["epoch1-first", "epoch2-first", "epoch1-last", "epoch2-last"])
+def test_a_cut_at_iter_end_resumes_with_exactly_the_remaining_work(cut):
+    """Every step and every EPOCH_END happens exactly once across the two parts, including a
+    cut at an epoch's last step, after which EPOCH_END of that epoch is still owed."""
+    before, saved = _cut_at(cut)
+    after, counter = _resume(saved)
+    done_before = [e for e in _work(before) if e[0] == "iter_end" or e[2] < cut]
+    assert done_before + _work(after) == _work(_uninterrupted())
+    assert counter.count == 6  # hook state came back with the position
+    assert saved["position"]["epoch_ended"] is False
+
+
+@pytest.mark.parametrize("cut", [3, 6])
+def test_a_cut_during_epoch_end_resumes_in_the_next_epoch(cut):
+    before, saved = _cut_at(cut, Events.EPOCH_END)
+    assert saved["position"]["epoch_ended"] is True
+    after, _ = _resume(saved)
+    assert _work(before) + _work(after) == _work(_uninterrupted())
+
+
+def test_terminate_ends_the_epoch_and_epoch_end_fires_once():
+    log = []
+    engine = Engine(_step, EpochData([1, 2, 3]), max_epochs=3)
+    engine.register(Recorder(log))
+    engine.on(Events.ITER_END, lambda e: e.terminate() if e.state.iteration == 4 else None)
+    engine.run()
+    assert [e[:2] for e in log if e[0] == "epoch_end"] == [("epoch_end", 1), ("epoch_end", 2)]
+    assert engine.state.position() == {"epoch": 2, "iteration": 4, "epoch_iter": 1, "epoch_ended": True}

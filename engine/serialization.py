@@ -1,0 +1,99 @@
+"""Checkpoints as plain data, and a loader that never runs code.
+
+`dump` writes a pickle of plain containers, numbers, strings and numpy arrays (tensors are
+converted first), so `paddle.load` still reads our files. `load_restricted` reads any such
+file, and Paddle's own `.pdparams` (PLSC's included), through an unpickler that admits only
+arrays, dtypes and plain containers, as `torch.load(weights_only=True)` does: a crafted file
+that names any other callable is refused before anything runs.
+"""
+import pickle
+
+import numpy as np
+
+from .errors import CheckpointError
+from .files import atomic_write
+
+_ALLOWED = {
+    ("collections", "OrderedDict"),
+    ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"), ("builtins", "set"),
+    ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "bytearray"),
+    ("_codecs", "encode"),  # protocol-2 pickles spell bytes as _codecs.encode(text, "latin1")
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+}
+_PADDLE_NAME_TABLE = "StructuredToParameterName@@"
+_PADDLE_SLICES = "UnpackBigParamInfor@@"  # typos: disable-line (Paddle's spelling)
+
+
+class UnsafeFile(pickle.UnpicklingError):
+    pass
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise UnsafeFile(f"it refers to {module}.{name}, which a weights or checkpoint file never "
+                         f"needs (only arrays and plain containers are loaded)")
+
+
+def to_plain(obj):
+    """Tensors -> numpy arrays (on the CPU), recursively through dicts, lists and tuples."""
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    if hasattr(obj, "numpy") and hasattr(obj, "place"):  # a paddle Tensor, without importing paddle
+        return np.array(obj.cpu()) if hasattr(obj, "cpu") else obj.numpy()
+    return obj
+
+
+def nbytes(obj) -> int:
+    """Approximate size on disk of a plain-data tree (its arrays dominate)."""
+    if isinstance(obj, dict):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return obj.nbytes if isinstance(obj, np.ndarray) else 64
+
+
+def dump(obj, path: str) -> None:
+    """Write `obj` (tensors converted to arrays) atomically; raises WriteFailed on a full disk."""
+    plain = to_plain(obj)
+    atomic_write(path, lambda f: pickle.dump(plain, f, protocol=4), nbytes(plain))
+
+
+def load_restricted(path: str, what: str):
+    """The object in `path` with tensors as numpy arrays, or CheckpointError naming `what`
+    (e.g. "Global.checkpoint") when it is unreadable or asks for anything but data."""
+    try:
+        with open(path, "rb") as f:
+            obj = _RestrictedUnpickler(f, encoding="latin1").load()
+    except UnsafeFile as exc:
+        raise CheckpointError(f"{what}: {path} was refused: {exc}; it may have been crafted to run "
+                              f"code. Nothing from it was executed") from None
+    except OSError as exc:
+        raise CheckpointError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or not a pickle: the same user error
+        raise CheckpointError(f"{what}: {path} is corrupt or not a weights/checkpoint file "
+                              f"({type(exc).__name__}: {exc})") from None
+    return _from_paddle_layout(obj)
+
+
+def _from_paddle_layout(obj):
+    """Undo what paddle.save does to a state_dict: its name table, arrays over 1 GiB split
+    into slices, and tensors inside nested objects stored as (name, array) pairs."""
+    if isinstance(obj, dict):
+        obj = dict(obj)
+        obj.pop(_PADDLE_NAME_TABLE, None)
+        slices = obj.pop(_PADDLE_SLICES, None)
+        if isinstance(slices, dict):
+            for key, info in slices.items():
+                obj[key] = np.concatenate([obj.pop(part) for part in info["slices"]]).reshape(info["OriginShape"])
+        return {k: _from_paddle_layout(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
+        return obj[1]
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_from_paddle_layout(v) for v in obj)
+    return obj

@@ -1,0 +1,122 @@
+"""What a training checkpoint holds, and putting it back: the one map of what is saved.
+
+    format      2 (a file of another format is refused with a message)
+    engine      the loop's position (epoch, iteration, epoch_iter, epoch_ended) and every
+                stateful hook's state, keyed by state_key()
+    model       the model's state_dict
+    optimizer   its state keyed by structured parameter names (see below)
+    rng         python, numpy and paddle generator states, as plain numbers
+    world_size  processes of the launch that wrote it
+    config      the resolved config of that run
+
+Everything is plain data (numbers, strings, lists, dicts, numpy arrays), so the file loads
+through the restricted unpickler and `paddle.load` alike.
+"""
+import random
+
+import numpy as np
+import paddle
+
+from engine.errors import CheckpointError
+
+FORMAT = 2
+
+
+def capture(engine, model, optimizer, world_size: int, config: dict) -> dict:
+    return {
+        "format": FORMAT,
+        "engine": engine.state_dict(),
+        "model": model.state_dict(),
+        "optimizer": rename_optimizer_state(optimizer.state_dict(), model, to_structured=True)
+        if optimizer is not None else None,
+        "rng": rng_state(),
+        "world_size": world_size,
+        "config": config,
+    }
+
+
+def check(ckpt, path: str, model, world_size, shape_problems) -> None:
+    """Refuse a file that is not our checkpoint, or belongs to another model or launch size.
+    `shape_problems(found, expected)` lists differences between name -> shape maps;
+    `world_size` None skips the launch-size check (evaluation)."""
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"Global.checkpoint: {path} is not a training checkpoint (weights-only "
+                              f".pdparams go to Global.pretrained_model)")
+    if ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"Global.checkpoint: {path} has checkpoint format {ckpt.get('format', 1)}, "
+                              f"this version reads format {FORMAT}: resume it with the version that "
+                              f"wrote it, or start a new run from its weights")
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    found = {k: list(np.shape(v)) for k, v in ckpt["model"].items()}
+    problems = shape_problems(found, expected)
+    if problems:
+        raise CheckpointError(f"Global.checkpoint: {path} was saved from another model: " + "; ".join(problems))
+    saved_world = ckpt["world_size"]
+    if world_size is not None and saved_world != world_size:
+        raise CheckpointError(
+            f"Global.checkpoint: {path} was saved by a run of {saved_world} process(es) and this launch "
+            f"has {world_size}: its position in the epoch and its global batch (and LR) belong to "
+            f"{saved_world}; relaunch with {saved_world} process(es) (python -m paddle.distributed.launch "
+            f"--nproc_per_node ...), or start a new run from its weights")
+
+
+def restore(ckpt: dict, engine, model, optimizer) -> None:
+    engine.load_state_dict(ckpt["engine"])
+    model.set_state_dict(ckpt["model"])
+    if optimizer is not None and ckpt["optimizer"] is not None:
+        optimizer.set_state_dict(rename_optimizer_state(ckpt["optimizer"], model, to_structured=False))
+    set_rng_state(ckpt["rng"])
+
+
+def rename_optimizer_state(state: dict, model, to_structured: bool) -> dict:
+    """Paddle keys optimizer state by internal parameter names (`linear_3.w_0_moment1_0`),
+    which depend on how many layers the process built before; checkpoints use the model's
+    structured names (`blocks.0.attn.qkv.weight_moment1_0`) so they load in any process."""
+    pairs = [(p.name, n) for n, p in model.named_parameters()]
+    src_dst = pairs if to_structured else [(n, i) for i, n in pairs]
+    src_dst.sort(key=lambda pair: -len(pair[0]))  # longest first: linear_10 before linear_1
+    lookup = dict(src_dst)
+
+    def rename(key):
+        if key in lookup:
+            return lookup[key]
+        for src, dst in src_dst:
+            if key.startswith(src + "_"):
+                return dst + key[len(src):]
+        return key
+
+    return {rename(k): ({rename(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v)
+            for k, v in state.items()}
+
+
+def rng_state() -> dict:
+    """Paddle's generator states are pybind objects; their pickle state is a plain tuple."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": [name, keys.tolist(), pos, has_gauss, gauss],  # uint32: no Paddle dtype
+            "paddle": {"device": paddle.get_device(),
+                       "generators": [g.__getstate__() for g in paddle.get_rng_state()]}}
+
+
+def set_rng_state(rng: dict) -> None:
+    random.setstate(_tuples(rng["python"]))
+    name, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    saved = rng["paddle"]
+    current = paddle.get_rng_state()
+    if saved["device"] != paddle.get_device() or len(saved["generators"]) != len(current):
+        print(f"note: the checkpoint's random generators belong to {saved['device']}, this run uses "
+              f"{paddle.get_device()}: dropout and drop-path continue from this run's seed")
+        return
+    cls = type(current[0])
+    states = []
+    for plain in saved["generators"]:
+        state = cls.__new__(cls)
+        state.__setstate__(tuple(plain))
+        states.append(state)
+    paddle.set_rng_state(states)
+
+
+def _tuples(obj):
+    """random.setstate wants tuples where a round trip through some formats gives lists."""
+    return tuple(_tuples(v) for v in obj) if isinstance(obj, (list, tuple)) else obj
