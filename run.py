@@ -99,6 +99,7 @@ def _train(cfg, dry_run: bool) -> int:
             if state.epoch >= state.max_epochs and state.epoch_ended:
                 print(f"the run in {run_dir.path} is complete ({state.epoch} of {state.max_epochs} epochs): "
                       f"raise Global.epochs to train longer, or start over in another Global.output_dir")
+        checkpoint.check_space(engine)
         if dist.is_main():
             atomic_write_text(run_dir.file("config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
         try:

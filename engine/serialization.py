@@ -55,7 +55,9 @@ def nbytes(obj) -> int:
         return sum(nbytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
         return sum(nbytes(v) for v in obj)
-    return obj.nbytes if isinstance(obj, np.ndarray) else 64
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    return len(obj) if isinstance(obj, (str, bytes)) else 4  # a pickled small number
 
 
 def dump(obj, path: str) -> None:

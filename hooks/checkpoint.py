@@ -7,6 +7,7 @@ Ctrl-C) save a checkpoint at the end of the current step, or of the current epoc
 and stop the run with `Interrupted`; a second Ctrl-C stops at once without saving.
 """
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -15,7 +16,7 @@ from typing import Callable, Optional, Sequence
 from engine import Hook
 from engine.config import differences
 from engine.errors import CheckpointError, WriteFailed
-from engine.serialization import dump, load_restricted
+from engine.serialization import dump, load_restricted, nbytes, to_plain
 
 from . import checkpoint_state
 from .run_directory import CHECKPOINT, RunDirectory
@@ -68,9 +69,10 @@ class Checkpoint(Hook):
         except CheckpointError as exc:
             hint = self.run_dir.newest_hint(exclude=os.path.basename(path)) if self.run_dir.owns(path) else ""
             raise CheckpointError(f"{exc}{hint}") from None
-        checkpoint_state.check(ckpt, path, self.model, self.world_size, self.shape_problems)
+        checkpoint_state.check_format(ckpt, path)
+        changes = self._check_drift(ckpt, path, engine)  # first: it names the config keys
         self._check_facts(ckpt, path)
-        changes = self._check_drift(ckpt, path, engine)
+        checkpoint_state.check_fit(ckpt, path, self.model, self.world_size, self.shape_problems)
         checkpoint_state.restore(ckpt, engine, self.model, self.optimizer)
         if not self.run_dir.owns(path):
             self.saved = []  # another directory's checkpoints are never this run's to delete
@@ -104,6 +106,24 @@ class Checkpoint(Hook):
             raise CheckpointError(f"Global.checkpoint: {path} is at epoch {epoch}, past "
                                   f"Global.epochs={engine.state.max_epochs}; raise Global.epochs")
         return changes
+
+    def check_space(self, engine) -> None:
+        """Before training: refuse an output_dir whose disk cannot hold one checkpoint (the
+        optimizer's moments do not exist before the first step, so they are estimated as two
+        copies of the weights, AdamW's), and warn when it cannot hold `keep` of them."""
+        if not self.run_dir.is_main:
+            return
+        weights = nbytes(to_plain(self.model.state_dict()))
+        need = 3 * weights + nbytes(to_plain(engine.state_dict())) + 2 * weights  # + best/final
+        free = shutil.disk_usage(self.run_dir.path).free
+        mb = lambda n: f"{n / 2**20:.1f} MB"  # noqa: E731
+        if free < need:
+            raise WriteFailed(f"Global.output_dir {self.run_dir.path} has {mb(free)} free and one "
+                              f"checkpoint with the weights files needs about {mb(need)}: make room "
+                              f"or choose another -o Global.output_dir=...")
+        if self.keep and free < self.keep * (need - 2 * weights) + 2 * weights:
+            print(f"warning: {self.run_dir.path} has {mb(free)} free; keeping {self.keep} checkpoints "
+                  f"of about {mb(need - 2 * weights)} each may not fit")
 
     # ---- lifecycle --------------------------------------------------------------------
     def started(self, engine):
@@ -195,5 +215,6 @@ class Checkpoint(Hook):
 def read_checkpoint(path: str, model, shape_problems: Callable, world_size: Optional[int] = 1) -> dict:
     """A training checkpoint, checked against `model` and the launch size (None: any size)."""
     ckpt = load_restricted(path, "Global.checkpoint")
-    checkpoint_state.check(ckpt, path, model, world_size, shape_problems)
+    checkpoint_state.check_format(ckpt, path)
+    checkpoint_state.check_fit(ckpt, path, model, world_size, shape_problems)
     return ckpt

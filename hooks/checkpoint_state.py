@@ -35,10 +35,8 @@ def capture(engine, model, optimizer, world_size: int, config: dict) -> dict:
     }
 
 
-def check(ckpt, path: str, model, world_size, shape_problems) -> None:
-    """Refuse a file that is not our checkpoint, or belongs to another model or launch size.
-    `shape_problems(found, expected)` lists differences between name -> shape maps;
-    `world_size` None skips the launch-size check (evaluation)."""
+def check_format(ckpt, path: str) -> None:
+    """Refuse a file that is not a training checkpoint of this format."""
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"Global.checkpoint: {path} is not a training checkpoint (weights-only "
                               f".pdparams go to Global.pretrained_model)")
@@ -46,6 +44,12 @@ def check(ckpt, path: str, model, world_size, shape_problems) -> None:
         raise CheckpointError(f"Global.checkpoint: {path} has checkpoint format {ckpt.get('format', 1)}, "
                               f"this version reads format {FORMAT}: resume it with the version that "
                               f"wrote it, or start a new run from its weights")
+
+
+def check_fit(ckpt, path: str, model, world_size, shape_problems) -> None:
+    """Refuse a checkpoint of another model or launch size. `shape_problems(found, expected)`
+    lists differences between name -> shape maps; `world_size` None skips the launch-size
+    check (evaluation)."""
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     found = {k: list(np.shape(v)) for k, v in ckpt["model"].items()}
     problems = shape_problems(found, expected)

@@ -25,7 +25,7 @@ def tiny_config(tiny_dataset, tmp_path):
     """configs/demo.yaml shrunk to seconds: depth 2, dim 32, 2 epochs, batch 16, no workers."""
     with open(os.path.join(ROOT, "configs", "demo.yaml")) as f:
         cfg = yaml.safe_load(f)
-    cfg["Global"].update(output_dir=str(tmp_path / "out"), epochs=2, print_batch_step=2)
+    cfg["Global"].update(output_dir=str(tmp_path / "out"), epochs=2, print_batch_step=2, checkpoint=None)
     cfg["Model"].update(embed_dim=32, depth=2, num_heads=2)
     for split, name in (("Train", "train_list.txt"), ("Eval", "val_list.txt")):
         section = cfg["DataLoader"][split]

@@ -3,7 +3,6 @@ wrong or corrupt checkpoints are clear errors; custom hook state survives a resu
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -12,48 +11,12 @@ import pytest
 
 import run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-HOOKS = '''
-import os, signal, time
-from engine import Hook
-
-class KillAt(Hook):
-    """SIGKILL this very process at the end of a given step (after that step's checkpoint)."""
-    priority = 1000  # after the checkpoint hook
-    def __init__(self, step): self.step = step
-    def iter_end(self, engine):
-        if engine.state.iteration == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-class Slow(Hook):
-    def iter_end(self, engine):
-        time.sleep(0.3)
-
-class CountSteps(Hook):
-    """A stateful custom hook: its count must survive a resume."""
-    def __init__(self): self.count = 0
-    def iter_end(self, engine): self.count += 1
-    def completed(self, engine):
-        with open(os.path.join(engine_out(engine), "count.txt"), "w") as f:
-            f.write(str(self.count))
-    def state_dict(self): return {"count": self.count}
-    def load_state_dict(self, state): self.count = state["count"]
-
-def engine_out(engine):
-    return os.environ["TEST_OUT"]
-'''
+from tests.faults import command, environment, hooks_option, run_cli, write_hooks
 
 
-def _cli(tiny_config, out, *overrides, hooks_dir, check=True):
-    args = [sys.executable, os.path.join(ROOT, "run.py"), "-c", tiny_config,
-            "-o", f"Global.output_dir={out}", "-o", "Model.drop_path_rate=0.2",
-            "-o", "Global.epochs=3", "-o", "Global.save_unit=step", "-o", "Global.save_interval=3"]
-    for o in overrides:
-        args += ["-o", o]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hooks_dir), ROOT]), TEST_OUT=str(out))
-    # pipes stay open while any data worker lives: a worker orphaned by the kill would hang here
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=180)
+def _cli(tiny_config, out, *overrides, hooks_dir):
+    return run_cli(tiny_config, out, "Model.drop_path_rate=0.2", "Global.epochs=3", "Global.save_unit=step",
+                   "Global.save_interval=3", *overrides, hooks_dir=hooks_dir)
 
 
 def _weights(path):
@@ -62,7 +25,7 @@ def _weights(path):
 
 @pytest.fixture
 def hooks_dir(tmp_path):
-    (tmp_path / "resume_hooks.py").write_text(HOOKS)
+    write_hooks(tmp_path)
     return tmp_path
 
 
@@ -70,12 +33,12 @@ def hooks_dir(tmp_path):
 def test_sigkill_then_auto_resume_is_bit_exact(tiny_config, tmp_path, hooks_dir, workers, kill_at):
     """7 steps per epoch, 3 epochs, a checkpoint every 3 steps: killing at step 8 resumes from
     step 6 in epoch 2 (replaying a step), at 9 from the checkpoint written just before the kill."""
-    hooks = "Hooks=[{resume_hooks.CountSteps: {}}]"
+    hooks = hooks_option("fault_hooks.CountSteps: {}")
     w = f"DataLoader.Train.loader.num_workers={workers}"
     ref = _cli(tiny_config, tmp_path / "ref", w, hooks, hooks_dir=hooks_dir)
     assert ref.returncode == 0, ref.stderr
     killed = _cli(tiny_config, tmp_path / "run", w,
-                  f"Hooks=[{{resume_hooks.CountSteps: {{}}}}, {{resume_hooks.KillAt: {{step: {kill_at}}}}}]",
+                  hooks_option("fault_hooks.CountSteps: {}", f"fault_hooks.KillAt: {{step: {kill_at}}}"),
                   hooks_dir=hooks_dir)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "run" / "final.pdparams").exists()
@@ -93,11 +56,10 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_identically(tiny_config,
     ref = _cli(tiny_config, tmp_path / "ref", hooks_dir=hooks_dir)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "run"
-    args = [sys.executable, os.path.join(ROOT, "run.py"), "-c", tiny_config, "-o", f"Global.output_dir={out}",
-            "-o", "Model.drop_path_rate=0.2", "-o", "Global.epochs=3", "-o", "Global.save_unit=step",
-            "-o", "Global.save_interval=3", "-o", "Hooks=[{resume_hooks.Slow: {}}]"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hooks_dir), ROOT]), TEST_OUT=str(out))
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    args = command(tiny_config, out, "Model.drop_path_rate=0.2", "Global.epochs=3", "Global.save_unit=step",
+                   "Global.save_interval=3", hooks_option("fault_hooks.Slow: {}"))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment(hooks_dir, out))
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() or "iteration\": 4" not in (out / "metrics.jsonl").read_text():
         assert time.time() < deadline and proc.poll() is None
@@ -126,10 +88,13 @@ def test_checkpoint_retention_best_and_latest(tiny_config):
     assert any(k.startswith("blocks.0.attn.qkv.weight_moment1") for k in ckpt["optimizer"])
 
 
-def test_checkpoint_of_another_model_lists_the_mismatches(tiny_config, capsys):
+def test_checkpoint_of_another_model_names_the_key_or_lists_the_mismatches(tiny_config, capsys):
     assert run.main(["-c", tiny_config, "-o", "Global.epochs=1"]) == 0
-    out = os.path.join(os.path.dirname(tiny_config), "out")
+    capsys.readouterr()
     code = run.main(["-c", tiny_config, "-o", "Model.embed_dim=48", "-o", "Global.checkpoint=auto"])
+    assert code == 2
+    assert "Model.embed_dim: 32 then, 48 now" in capsys.readouterr().err
+    code = run.main(["-c", tiny_config, "--eval", "-o", "Model.embed_dim=48", "-o", "Global.checkpoint=auto"])
     assert code == 2
     err = capsys.readouterr().err
     assert "saved from another model" in err and "pos_embed: file [1, 65, 32] vs model [1, 65, 48]" in err

@@ -4,12 +4,15 @@ Written as JPEGs in PLSC's list-file layout (`train_list.txt`, `val_list.txt` of
 `relative/path label` lines) under a cache directory, so the demo needs no download and
 exercises the same ImageNetDataset code path as a real run.
 """
+import errno
 import os
 import shutil
 import tempfile
 
 import numpy as np
 from PIL import Image
+
+from ..errors import DataError
 
 ORIENTATIONS = (0, 36, 72, 108, 144)   # degrees
 PERIODS = (4.0, 9.0)                   # pixels per stripe cycle
@@ -41,39 +44,91 @@ def _draw(label: int, rng) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
+GENERATED = {"train", "val", "train_list.txt", "val_list.txt", "COMPLETE"}
+
+
 def ensure_demo_dataset(root: str = None, train_per_class: int = 400, val_per_class: int = 100,
                         seed: int = 0) -> str:
     """Create the dataset under `root` unless a complete copy is there; returns `root`.
 
     Written into a temporary sibling directory and renamed, so an interrupted generation never
-    leaves a half-written dataset that later runs would trust.
+    leaves a half-written dataset that later runs would trust. Only a new or empty `root`, or
+    one that holds nothing but an earlier generated copy, is ever written: anything else
+    (your own images, say) is refused, never replaced.
     """
     root = root or default_cache_dir()
     tag = f"{train_per_class}-{val_per_class}-{seed}"
-    stamp = os.path.join(root, "COMPLETE")
-    if os.path.isfile(stamp) and open(stamp).read().strip() == tag:
+    if _stamp(root) == tag:
         return root
+    replace = _check_writable_root(root)
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".demo_tmp_", dir=parent)
     try:
-        for split, per_class, offset in (("train", train_per_class, 0), ("val", val_per_class, 1)):
-            os.makedirs(os.path.join(tmp, split))
-            lines = []
-            for label in range(len(CLASSES)):
-                for k in range(per_class):
-                    rng = np.random.default_rng([seed, offset, label, k])
-                    rel = f"{split}/{CLASSES[label]}_{k:05d}.jpg"
-                    _draw(label, rng).save(os.path.join(tmp, rel), quality=90)
-                    lines.append(f"{rel} {label}\n")
-            with open(os.path.join(tmp, f"{split}_list.txt"), "w") as f:
-                f.writelines(lines)
-        with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-            f.write(tag + "\n")
-        if os.path.isdir(root):
-            shutil.rmtree(root)
-        os.replace(tmp, root)
+        _generate(tmp, train_per_class, val_per_class, seed, tag)
+        _install(tmp, root, replace)
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+    if _stamp(root) != tag:  # another process installed a copy of other sizes meanwhile
+        raise DataError(f"{root}: a demo dataset of other sizes appeared while generating; run again")
     return root
+
+
+def _stamp(root: str):
+    try:
+        with open(os.path.join(root, "COMPLETE"), encoding="utf-8") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _check_writable_root(root: str) -> bool:
+    """True when `root` holds an earlier generated copy to replace; False when it is new or
+    empty; a DataError for anything else."""
+    if not os.path.exists(root):
+        return False
+    if not os.path.isdir(root):
+        raise DataError(f"DemoDataset image_root {root} is a file, not a directory")
+    names = set(os.listdir(root))
+    if not names:
+        return False
+    if _stamp(root) is not None and names <= GENERATED:
+        return True
+    raise DataError(f"DemoDataset image_root {root} holds files this generator did not write: it "
+                    f"only writes into a new or empty directory and never replaces yours. For your "
+                    f"own images use dataset name ImageNetDataset (list files) or ImageFolder; for "
+                    f"the demo, point image_root at a new directory")
+
+
+def _generate(tmp: str, train_per_class: int, val_per_class: int, seed: int, tag: str) -> None:
+    for split, per_class, offset in (("train", train_per_class, 0), ("val", val_per_class, 1)):
+        os.makedirs(os.path.join(tmp, split))
+        lines = []
+        for label in range(len(CLASSES)):
+            for k in range(per_class):
+                rng = np.random.default_rng([seed, offset, label, k])
+                rel = f"{split}/{CLASSES[label]}_{k:05d}.jpg"
+                _draw(label, rng).save(os.path.join(tmp, rel), quality=90)
+                lines.append(f"{rel} {label}\n")
+        with open(os.path.join(tmp, f"{split}_list.txt"), "w") as f:
+            f.writelines(lines)
+    with open(os.path.join(tmp, "COMPLETE"), "w") as f:
+        f.write(tag + "\n")
+
+
+def _install(tmp: str, root: str, replace: bool) -> None:
+    """Rename the new copy into place. rename() onto a non-empty directory fails, so a copy
+    that another process installed first is kept (and ours dropped), never overwritten."""
+    old = None
+    if replace:
+        old = tempfile.mkdtemp(prefix=".demo_old_", dir=os.path.dirname(os.path.abspath(root)))
+        os.rmdir(old)
+        os.rename(root, old)
+    try:
+        os.rename(tmp, root)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Fault injection for the checkpoint tests: hooks that kill or signal the training process
+at an exact point of the loop, and a runner for `run.py` in a subprocess."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HOOKS = '''
+import os, signal, time
+from engine import Hook
+
+class KillAt(Hook):
+    """SIGKILL this process at `event` of step `step` (on EPOCH_END/EVAL_END: of the epoch that
+    ends at that step). Priority 1000 runs after the Checkpoint hook, 0 before everything."""
+    def __init__(self, step, event="iter_end", priority=1000):
+        self.step, self.event, self.priority = step, event, priority
+        setattr(self, event, self._maybe_kill)
+    def handles(self, event):
+        return event.value == self.event
+    def state_key(self):
+        return f"KillAt:{self.event}:{self.step}"
+    def _maybe_kill(self, engine):
+        if engine.state.iteration == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+class SignalAt(Hook):
+    """Send this process `signum` during ITER_END of step `step`, before the Checkpoint hook,
+    as a scheduler's SIGTERM or a Ctrl-C arriving during that step would be seen."""
+    priority = 0
+    def __init__(self, step, signum=15): self.step, self.signum = step, signum
+    def iter_end(self, engine):
+        if engine.state.iteration == self.step:
+            os.kill(os.getpid(), self.signum)
+
+class Slow(Hook):
+    def __init__(self, seconds=0.3): self.seconds = seconds
+    def iter_end(self, engine):
+        time.sleep(self.seconds)
+
+class CountSteps(Hook):
+    """A stateful custom hook: its count must survive a resume."""
+    def __init__(self): self.count = 0
+    def iter_end(self, engine): self.count += 1
+    def completed(self, engine):
+        with open(os.path.join(os.environ["TEST_OUT"], "count.txt"), "w") as f:
+            f.write(str(self.count))
+    def state_dict(self): return {"count": self.count}
+    def load_state_dict(self, state): self.count = state["count"]
+'''
+
+# fields that measure the machine, not the training: they differ between any two runs
+TIMING = {"img_per_s", "img_per_s_per_device", "data_fraction", "step_time", "eta_s", "eval_time"}
+
+
+def write_hooks(directory) -> None:
+    with open(os.path.join(str(directory), "fault_hooks.py"), "w") as f:
+        f.write(HOOKS)
+
+
+def hooks_option(*entries: str) -> str:
+    """`Hooks=[...]` for -o from entries like "fault_hooks.KillAt: {step: 9}"."""
+    return "Hooks=[" + ", ".join("{" + e + "}" for e in entries) + "]"
+
+
+def command(config, out, *overrides):
+    args = [sys.executable, os.path.join(ROOT, "run.py"), "-c", str(config), "-o", f"Global.output_dir={out}"]
+    for o in overrides:
+        args += ["-o", o]
+    return args
+
+
+def environment(hooks_dir, out):
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(hooks_dir), ROOT]), TEST_OUT=str(out))
+
+
+def run_cli(config, out, *overrides, hooks_dir):
+    """run.py in a subprocess. Pipes stay open while any data worker lives: a worker orphaned
+    by a kill would hang here, which the timeout turns into a failure."""
+    return subprocess.run(command(config, out, *overrides), capture_output=True, text=True,
+                          env=environment(hooks_dir, out), timeout=240)
+
+
+def metrics_rows(out):
+    """metrics.jsonl without the timing fields; every line must be one JSON object."""
+    with open(os.path.join(str(out), "metrics.jsonl"), "rb") as f:
+        data = f.read()
+    assert b"\0" not in data
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in data.decode().splitlines()]
+
+
+def snapshot(directory):
+    """name -> (bytes, mtime_ns) of every file in a directory: proof that nothing changed."""
+    out = {}
+    for name in sorted(os.listdir(str(directory))):
+        path = os.path.join(str(directory), name)
+        with open(path, "rb") as f:
+            out[name] = (f.read(), os.stat(path).st_mtime_ns)
+    return out
