@@ -92,14 +92,13 @@ def _train(cfg, dry_run: bool) -> int:
         return 0
     run_dir = checkpoint.run_dir
     with run_dir:  # rank 0 holds output_dir/run.lock until the run ends
-        resumed = dist.agreed(lambda: checkpoint.resume(engine, cfg["Global"]["checkpoint"]))
+        resumed = dist.agreed(lambda: _start(checkpoint, engine, cfg["Global"]["checkpoint"]))
         state = engine.state
         if resumed:
             print(f"resumed from {resumed} at epoch {state.epoch}, iteration {state.iteration}")
             if state.epoch >= state.max_epochs and state.epoch_ended:
                 print(f"the run in {run_dir.path} is complete ({state.epoch} of {state.max_epochs} epochs): "
                       f"raise Global.epochs to train longer, or start over in another Global.output_dir")
-        checkpoint.check_space(engine)
         if dist.is_main():
             atomic_write_text(run_dir.file("config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
         try:
@@ -119,6 +118,13 @@ def _train(cfg, dry_run: bool) -> int:
                   f"Nothing was saved after the failure: resume with -o Global.checkpoint=auto", file=sys.stderr)
             return 1
     return 0
+
+
+def _start(checkpoint, engine, value):
+    """Everything that may refuse the run before it writes: resume (or not), then disk space."""
+    resumed = checkpoint.resume(engine, value)
+    checkpoint.check_space(engine)
+    return resumed
 
 
 def _plot(argv) -> int:

@@ -59,13 +59,14 @@ def write_failed(path: str, exc: OSError, needed: int = 0) -> WriteFailed:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         try:
             free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-            space = f" (needs about {_mb(needed)}, {_mb(free)} free there)" if needed else f" ({_mb(free)} free there)"
+            space = f" (needs about {megabytes(needed)}, {megabytes(free)} free there)" if needed else f" ({megabytes(free)} free there)"
         except OSError:
             pass
     return WriteFailed(f"cannot write {path}: {reason}{space}")
 
 
-def _mb(n: int) -> str:
+def megabytes(n: int) -> str:
+    """Sizes in messages: "330.1 MB" (MiB, as df -m counts)."""
     return f"{n / 2**20:.1f} MB"
 
 
@@ -81,9 +82,6 @@ class DirectoryLock:
 
     def __init__(self, directory: str):
         self.directory, self.fd = directory, None
-        # Forked children (data-loader workers) would share the lock and keep it for a moment
-        # after the trainer dies: they close their copy (the trainer's copy keeps the lock).
-        os.register_at_fork(after_in_child=self._close_in_child)
 
     def _close_in_child(self) -> None:
         if self.fd is not None:
@@ -119,6 +117,9 @@ class DirectoryLock:
             os.close(fd)
             raise write_failed(self.path, exc, len(info)) from None
         self.fd = fd
+        # Forked children (data-loader workers) would share the lock and keep it for a moment
+        # after the trainer dies: they close their copy (the trainer's copy keeps the lock).
+        os.register_at_fork(after_in_child=self._close_in_child)
 
     def release(self) -> None:
         if self.fd is not None:

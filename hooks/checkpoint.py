@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 from engine import Hook
 from engine.config import differences
 from engine.errors import CheckpointError, WriteFailed
+from engine.files import megabytes
 from engine.serialization import dump, load_restricted, nbytes, to_plain
 
 from . import checkpoint_state
@@ -114,16 +115,17 @@ class Checkpoint(Hook):
         if not self.run_dir.is_main:
             return
         weights = nbytes(to_plain(self.model.state_dict()))
-        need = 3 * weights + nbytes(to_plain(engine.state_dict())) + 2 * weights  # + best/final
+        checkpoint = 3 * weights + nbytes(to_plain(engine.state_dict()))
+        best_and_final = 2 * weights
         free = shutil.disk_usage(self.run_dir.path).free
-        mb = lambda n: f"{n / 2**20:.1f} MB"  # noqa: E731
-        if free < need:
-            raise WriteFailed(f"Global.output_dir {self.run_dir.path} has {mb(free)} free and one "
-                              f"checkpoint with the weights files needs about {mb(need)}: make room "
-                              f"or choose another -o Global.output_dir=...")
-        if self.keep and free < self.keep * (need - 2 * weights) + 2 * weights:
-            print(f"warning: {self.run_dir.path} has {mb(free)} free; keeping {self.keep} checkpoints "
-                  f"of about {mb(need - 2 * weights)} each may not fit")
+        if free < checkpoint + best_and_final:
+            raise WriteFailed(f"Global.output_dir {self.run_dir.path} has {megabytes(free)} free and one "
+                              f"checkpoint with the weights files needs about "
+                              f"{megabytes(checkpoint + best_and_final)}: make room or choose another "
+                              f"-o Global.output_dir=...")
+        if self.keep and free < self.keep * checkpoint + best_and_final:
+            print(f"warning: {self.run_dir.path} has {megabytes(free)} free; keeping {self.keep} "
+                  f"checkpoints of about {megabytes(checkpoint)} each may not fit")
 
     # ---- lifecycle --------------------------------------------------------------------
     def started(self, engine):
@@ -186,8 +188,8 @@ class Checkpoint(Hook):
         self.saved.append(name)  # before saving, so the checkpoint knows itself on resume
         path = self.run_dir.file(name)
         if self.run_dir.is_main:
-            state = checkpoint_state.capture(engine, self.model, self.optimizer, self.world_size, self.config)
-            self._write({**state, "facts": self.facts}, name)
+            self._write(checkpoint_state.capture(engine, self.model, self.optimizer, self.world_size,
+                                                 self.config, self.facts), name)
             self.run_dir.set_latest(name)
         while self.keep and len(self.saved) > self.keep:
             old = self.saved.pop(0)

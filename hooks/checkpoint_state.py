@@ -8,6 +8,7 @@
     rng         python, numpy and paddle generator states, as plain numbers
     world_size  processes of the launch that wrote it
     config      the resolved config of that run
+    facts       what a resume must find unchanged beyond the config (e.g. number of images)
 
 Everything is plain data (numbers, strings, lists, dicts, numpy arrays), so the file loads
 through the restricted unpickler and `paddle.load` alike.
@@ -22,7 +23,7 @@ from engine.errors import CheckpointError
 FORMAT = 2
 
 
-def capture(engine, model, optimizer, world_size: int, config: dict) -> dict:
+def capture(engine, model, optimizer, world_size: int, config: dict, facts: dict) -> dict:
     return {
         "format": FORMAT,
         "engine": engine.state_dict(),
@@ -32,6 +33,7 @@ def capture(engine, model, optimizer, world_size: int, config: dict) -> dict:
         "rng": rng_state(),
         "world_size": world_size,
         "config": config,
+        "facts": facts,
     }
 
 

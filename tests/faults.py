@@ -34,6 +34,15 @@ class SignalAt(Hook):
         if engine.state.iteration == self.step:
             os.kill(os.getpid(), self.signum)
 
+class WaitFor(Hook):
+    """Hold the run at the end of step `step` until the file `path` exists (or 120 s pass), so
+    a test can act while the run is certainly alive and holding its directory."""
+    def __init__(self, path, step=1): self.path, self.step = path, step
+    def iter_end(self, engine):
+        deadline = time.time() + 120
+        while engine.state.iteration == self.step and not os.path.exists(self.path) and time.time() < deadline:
+            time.sleep(0.02)
+
 class Slow(Hook):
     def __init__(self, seconds=0.3): self.seconds = seconds
     def iter_end(self, engine):

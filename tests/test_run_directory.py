@@ -59,8 +59,8 @@ def test_retention_and_interval_out_of_range_are_config_errors(tiny_config, tmp_
 def test_a_second_run_on_the_same_directory_is_refused_while_the_first_runs(tiny_config, tmp_path):
     """Case 3: the second run exits 2 naming the holder; the first finishes with a clean log."""
     write_hooks(tmp_path)
-    out = tmp_path / "out"
-    first = subprocess.Popen(command(tiny_config, out, hooks_option("fault_hooks.Slow: {seconds: 0.15}")),
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    first = subprocess.Popen(command(tiny_config, out, hooks_option(f"fault_hooks.WaitFor: {{path: '{gate}'}}")),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=environment(tmp_path, out))
     deadline = time.time() + 120
@@ -72,6 +72,8 @@ def test_a_second_run_on_the_same_directory_is_refused_while_the_first_runs(tiny
         assert second.returncode == 2
         assert f"is in use by another run (pid {first.pid}" in second.stderr
         assert second.stderr.count("\n") == 1
+    assert first.poll() is None  # it was running (held at step 1) the whole time
+    gate.touch()
     _, err = first.communicate(timeout=180)
     assert first.returncode == 0, err
     rows = metrics_rows(out)
