@@ -37,8 +37,15 @@ def capture(engine, model, optimizer, world_size: int, config: dict, facts: dict
     }
 
 
+# the shape of a format-2 checkpoint: key -> type, nested for dicts
+_LAYOUT = {"engine": {"position": {"epoch": int, "iteration": int, "epoch_iter": int, "epoch_ended": bool},
+                      "hooks": dict},
+           "model": dict, "optimizer": (dict, type(None)), "world_size": int, "config": dict, "facts": dict,
+           "rng": {"python": (list, tuple), "numpy": (list, tuple), "paddle": {"device": str, "generators": list}}}
+
+
 def check_format(ckpt, path: str) -> None:
-    """Refuse a file that is not a training checkpoint of this format."""
+    """Refuse a file that is not a complete training checkpoint of this format."""
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"Global.checkpoint: {path} is not a training checkpoint (weights-only "
                               f".pdparams go to Global.pretrained_model)")
@@ -46,6 +53,25 @@ def check_format(ckpt, path: str) -> None:
         raise CheckpointError(f"Global.checkpoint: {path} has checkpoint format {ckpt.get('format', 1)}, "
                               f"this version reads format {FORMAT}: resume it with the version that "
                               f"wrote it, or start a new run from its weights")
+    problem = _layout_problem(ckpt, _LAYOUT, "")
+    if problem:
+        raise CheckpointError(f"Global.checkpoint: {path} is not a complete checkpoint ({problem})")
+
+
+def _layout_problem(value, layout, where):
+    if isinstance(layout, dict):
+        if not isinstance(value, dict):
+            return f"{where or 'the file'} is not a mapping"
+        for key, sub in layout.items():
+            if key not in value:
+                return f"{where + '.' if where else ''}{key} is missing"
+            problem = _layout_problem(value[key], sub, f"{where + '.' if where else ''}{key}")
+            if problem:
+                return problem
+        return None
+    if not isinstance(value, layout) or (layout is int and isinstance(value, bool)):
+        return f"{where} is a {type(value).__name__}"
+    return None
 
 
 def check_fit(ckpt, path: str, model, world_size, shape_problems) -> None:

@@ -11,28 +11,25 @@ HOOKS = '''
 import os, signal, time
 from engine import Hook
 
-class KillAt(Hook):
-    """SIGKILL this process at `event` of step `step` (on EPOCH_END/EVAL_END: of the epoch that
-    ends at that step). Priority 1000 runs after the Checkpoint hook, 0 before everything."""
-    def __init__(self, step, event="iter_end", priority=1000):
-        self.step, self.event, self.priority = step, event, priority
-        setattr(self, event, self._maybe_kill)
+class SignalAt(Hook):
+    """Send this process `signum` at `event` of step `step` (on EPOCH_END/EVAL_END: of the
+    epoch that ends at that step). The default priority 0 runs before every other hook, as a
+    scheduler's SIGTERM or a Ctrl-C arriving during that work would be seen."""
+    def __init__(self, step, signum=15, event="iter_end", priority=0):
+        self.step, self.signum, self.event, self.priority = step, signum, event, priority
+        setattr(self, event, self._maybe_signal)
     def handles(self, event):
         return event.value == self.event
     def state_key(self):
-        return f"KillAt:{self.event}:{self.step}"
-    def _maybe_kill(self, engine):
-        if engine.state.iteration == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-class SignalAt(Hook):
-    """Send this process `signum` during ITER_END of step `step`, before the Checkpoint hook,
-    as a scheduler's SIGTERM or a Ctrl-C arriving during that step would be seen."""
-    priority = 0
-    def __init__(self, step, signum=15): self.step, self.signum = step, signum
-    def iter_end(self, engine):
+        return f"{type(self).__name__}:{self.event}:{self.step}"
+    def _maybe_signal(self, engine):
         if engine.state.iteration == self.step:
             os.kill(os.getpid(), self.signum)
+
+class KillAt(SignalAt):
+    """SIGKILL at `event` of step `step`; the default priority 1000 runs after the Checkpoint hook."""
+    def __init__(self, step, event="iter_end", priority=1000):
+        super().__init__(step, signal.SIGKILL, event, priority)
 
 class WaitFor(Hook):
     """Hold the run at the end of step `step` until the file `path` exists (or 120 s pass), so

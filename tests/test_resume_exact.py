@@ -27,6 +27,7 @@ CUTS = {  # name: (save settings, fault hook, expected exit code of the interrup
     "kill after the epoch checkpoint": (EPOCHS, "fault_hooks.KillAt: {step: 14, event: epoch_end}", -signal.SIGKILL),
     "SIGTERM during an epoch's last step": (EPOCHS, "fault_hooks.SignalAt: {step: 7}", 128 + signal.SIGTERM),
     "SIGINT during a reported step": (EPOCHS, "fault_hooks.SignalAt: {step: 4, signum: 2}", 128 + signal.SIGINT),
+    "SIGTERM during evaluation": (EPOCHS, "fault_hooks.SignalAt: {step: 7, event: eval_end}", 128 + signal.SIGTERM),
 }
 
 _references = {}

@@ -11,7 +11,7 @@ import pytest
 import run
 from deit.data.demo import ensure_demo_dataset
 from deit.errors import DataError
-from engine.serialization import load_restricted
+from engine.serialization import dump, load_restricted
 from tests.faults import command, environment, hooks_option, metrics_rows, run_cli, snapshot, write_hooks
 
 
@@ -44,6 +44,41 @@ def test_a_copied_directory_continues_on_its_own_copy(tiny_config, tmp_path):
     assert _main(tiny_config, c, "Global.epochs=3", "Global.max_num_latest_checkpoint=1", "Global.checkpoint=auto") == 0
     assert snapshot(p) == before
     assert _checkpoints(c) == ["epoch_3.pdckpt"]
+
+
+def test_a_checkpoint_naming_files_outside_its_directory_deletes_nothing(tiny_config, tmp_path):
+    """The saved-files list in a checkpoint is data from a file: names that are not plain
+    checkpoint names of the run's own directory are dropped, never deleted."""
+    out = tmp_path / "run"
+    assert _main(tiny_config, out, "Global.epochs=1", "Global.max_num_latest_checkpoint=1") == 0
+    victim = tmp_path / "victim.pdckpt"
+    victim.write_text("someone else's")
+    path = str(out / "epoch_1.pdckpt")
+    ckpt = load_restricted(path, "test")
+    ckpt["engine"]["hooks"]["Checkpoint"]["saved"] = ["../victim.pdckpt", str(victim), "epoch_1.pdckpt"]
+    dump(ckpt, path)
+    assert _main(tiny_config, out, "Global.epochs=3", "Global.max_num_latest_checkpoint=1", "Global.checkpoint=auto") == 0
+    assert victim.read_text() == "someone else's"
+    assert _checkpoints(out) == ["epoch_3.pdckpt"]
+
+
+@pytest.mark.parametrize("damage", ["engine", "config", "rng"])
+def test_a_checkpoint_with_missing_parts_is_one_line(tiny_config, tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    assert _main(tiny_config, out, "Global.epochs=1") == 0
+    path = str(out / "epoch_1.pdckpt")
+    ckpt = load_restricted(path, "test")
+    if damage == "engine":
+        del ckpt["engine"]["position"]["epoch_iter"]
+    elif damage == "config":
+        ckpt["config"] = "not a mapping"
+    else:
+        ckpt["rng"]["paddle"] = None
+    dump(ckpt, path)
+    capsys.readouterr()
+    assert _main(tiny_config, out, "Global.epochs=2", "Global.checkpoint=auto") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a complete checkpoint" in err and damage in err
 
 
 @pytest.mark.parametrize("override, key", [("Global.max_num_latest_checkpoint=-1", "max_num_latest_checkpoint"),
@@ -139,6 +174,25 @@ def test_demo_generator_refuses_a_directory_of_someone_elses_files(tiny_config, 
     err = capsys.readouterr().err
     assert str(mine) in err and "did not write" in err and "ImageNetDataset" in err
     assert snapshot(mine) == before
+
+
+def _generate(root):
+    ensure_demo_dataset(root, train_per_class=3, val_per_class=1)
+
+
+def test_two_processes_generating_the_demo_at_once_both_get_one_complete_copy(tmp_path):
+    import multiprocessing
+    root = str(tmp_path / "demo")
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=_generate, args=(root,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert sorted(os.listdir(root)) == ["COMPLETE", "train", "train_list.txt", "val", "val_list.txt"]
+    assert len((tmp_path / "demo" / "train_list.txt").read_text().splitlines()) == 30
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".demo_")]
 
 
 def test_demo_generator_writes_new_or_empty_directories_and_replaces_only_its_own(tmp_path):
