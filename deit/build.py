@@ -4,9 +4,11 @@ The one place that knows the config layout (deit/schema.py) and wires engine, ho
 plain DeiT components together. Everything here validates before anything is written to disk.
 """
 import importlib
+import inspect
 import math
 import os
 import random
+import sys
 import warnings
 from functools import partial
 
@@ -32,6 +34,7 @@ from .data.demo import ensure_demo_dataset
 from .data.loader import Loader
 from .data.mixup import from_plsc as mixup_from_plsc
 from .data.sampler import ResumableBatchSampler, ShardedEvalSampler
+from .checks import check_config, check_pipeline
 from .data.transforms import build_transforms
 from .errors import CheckpointError, SetupError, unknown
 from .flops import model_macs
@@ -74,10 +77,11 @@ def build_model(m) -> paddle.nn.Layer:
     return FACTORIES[m["name"]](**common)
 
 
-def build_dataset(section: dict, seed: int, where: str):
+def build_dataset(section: dict, seed: int, where: str, num_classes: int = None):
     ds = section["dataset"]
     transform = build_transforms(ds["transform_ops"])
-    common = dict(transform=transform, seed=seed, max_bad_fraction=ds["max_bad_fraction"])
+    common = dict(transform=transform, seed=seed, max_bad_fraction=ds["max_bad_fraction"],
+                  num_classes=num_classes)
     root, labels = ds["image_root"], ds["cls_label_path"]
     if ds["name"] == "DemoDataset":
         root = ensure_demo_dataset(root)
@@ -93,7 +97,7 @@ def build_dataset(section: dict, seed: int, where: str):
 
 def build_train_loader(cfg) -> Loader:
     section, g = cfg["DataLoader"]["Train"], cfg["Global"]
-    dataset = build_dataset(section, g["seed"], "DataLoader.Train")
+    dataset = build_dataset(section, g["seed"], "DataLoader.Train", cfg["Model"]["class_num"])
     s = section["sampler"]
     batch_transform = build_batch_transform(section["dataset"]["batch_transform_ops"],
                                             cfg["Model"]["class_num"], s["batch_size"])
@@ -132,7 +136,7 @@ def build_batch_transform(ops, num_classes: int, batch_size: int):
 
 def build_eval_loader(cfg) -> Loader:
     section = cfg["DataLoader"]["Eval"]
-    dataset = build_dataset(section, cfg["Global"]["seed"], "DataLoader.Eval")
+    dataset = build_dataset(section, cfg["Global"]["seed"], "DataLoader.Eval", cfg["Model"]["class_num"])
     sampler = ShardedEvalSampler(len(dataset), section["sampler"]["batch_size"],
                                  rank=dist.rank(), world_size=dist.world_size())
     return Loader(dataset, sampler, **section["loader"])
@@ -156,30 +160,59 @@ def build_loss(ops, where: str):
     return lambda logits, target: sum(p(logits, target) for p in parts)
 
 
-def import_hook(dotted: str, kwargs: dict) -> Hook:
-    """`my_hooks.StopAtLoss` -> an instance; a clear error when it cannot be found or built."""
+def import_hook(dotted: str, kwargs: dict, where: str = "Hooks") -> Hook:
+    """`my_hooks.StopAtLoss` -> an instance, or one line that names the hook and the real
+    cause: its module not found, a package its module needs, a wrong argument, or whatever
+    its constructor raised. Modules in the current directory are found, as with `python -m`."""
     module_name, _, cls_name = dotted.rpartition(".")
+    if not module_name:
+        raise SetupError(f"{where}: {dotted!r} must be module.ClassName (e.g. my_hooks.StopAtLoss)")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise SetupError(f"Hooks: cannot import {dotted!r} ({exc}); is its module on PYTHONPATH?") from None
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise SetupError(f"{where}: cannot find module {module_name!r} for {dotted}: put "
+                             f"{module_name.replace('.', '/')}.py in the current directory or on "
+                             f"PYTHONPATH") from None
+        raise SetupError(f"{where}: {dotted}: its module imports {exc.name!r}, which is not installed "
+                         f"(pip install it)") from None
+    except Exception as exc:  # noqa: BLE001 - a broken module: say where
+        raise SetupError(f"{where}: importing {module_name} for {dotted} failed: "
+                         f"{type(exc).__name__}: {exc}") from None
+    cls = getattr(module, cls_name, None)
+    if not isinstance(cls, type) or not issubclass(cls, Hook):
+        found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Hook) and v is not Hook)
+        raise SetupError(f"{where}: {module_name} has no Hook class {cls_name!r}"
+                         f"{' (it has: ' + ', '.join(found) + ')' if found else ''}; a hook subclasses engine.Hook")
     try:
-        hook = cls(**kwargs)
+        inspect.signature(cls).bind(**kwargs)
     except TypeError as exc:
-        raise SetupError(f"Hooks: {dotted}: {exc}") from None
-    if not isinstance(hook, Hook):
-        raise SetupError(f"Hooks: {dotted} is not a subclass of engine.Hook")
-    return hook
+        raise SetupError(f"{where}: {dotted}: {exc} (its arguments: {inspect.signature(cls)})") from None
+    try:
+        return cls(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the hook's own check of its arguments
+        raise SetupError(f"{where}: {dotted}({_kwargs_text(kwargs)}) failed: {type(exc).__name__}: {exc}") from None
+
+
+def _kwargs_text(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
 def load_pretrained(model, prefix: str) -> None:
-    """PLSC's `Global.pretrained_model`: a path prefix, `.pdparams` appended if missing.
-    A different class count drops the head; a different image size resamples pos_embed."""
-    path = prefix if prefix.endswith(".pdparams") else prefix + ".pdparams"
+    """PLSC's `Global.pretrained_model`: a path prefix, `.pdparams` appended if missing; or a
+    training checkpoint (`.pdckpt`), whose model weights start a new run. A different class
+    count drops the head; a different image size resamples pos_embed."""
+    path = prefix if prefix.endswith((".pdparams", ".pdckpt")) else prefix + ".pdparams"
     if not os.path.isfile(path):
         raise CheckpointError(f"Global.pretrained_model: {path} does not exist")
     state = load_restricted(path, "Global.pretrained_model")
-    if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
+    if isinstance(state, dict) and state.get("format") is not None and isinstance(state.get("model"), dict):
+        print(f"Global.pretrained_model: starting from the model weights of training checkpoint {path} "
+              f"(to continue that run instead, use -o Global.checkpoint={path})")
+        state = state["model"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise CheckpointError(f"Global.pretrained_model: {path} is not a model state_dict "
                               f"(a training checkpoint goes to Global.checkpoint)")
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -201,6 +234,7 @@ def build_training(cfg):
     """Everything for a training run, validated; nothing is written to output_dir here.
     Returns the engine and its Checkpoint hook, which owns the run directory and resuming."""
     g, amp = cfg["Global"], cfg["FP16"]
+    check_config(cfg)
     setup_runtime(cfg)
     train_loader = build_train_loader(cfg)
     eval_loader = build_eval_loader(cfg) if g["eval_during_train"] else None
@@ -209,6 +243,10 @@ def build_training(cfg):
         raise SetupError(f"Global.accum_steps={g['accum_steps']} must divide "
                          f"DataLoader.Train.sampler.batch_size={batch} into equal micro-batches")
     model = build_model(cfg["Model"])
+    for loader, split in ((train_loader, "Train"), (eval_loader, "Eval")):
+        if loader is not None:
+            check_pipeline(loader.dataset.transform, cfg["DataLoader"][split]["dataset"]["transform_ops"],
+                           model.img_size, f"DataLoader.{split}")
     if g["pretrained_model"]:
         load_pretrained(model, g["pretrained_model"])
     o, s = cfg["Optimizer"], cfg["LRScheduler"]
@@ -255,7 +293,8 @@ def build_training(cfg):
         hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"]))
         if eval_loader is not None and ema["eval_with_ema"]:
             hooks.append(evaluate(ema_model, name="eval_ema"))
-    hooks += [import_hook(name, kwargs) for entry in cfg["Hooks"] for name, kwargs in entry.items()]
+    hooks += [import_hook(name, kwargs, f"Hooks.{i}") for i, entry in enumerate(cfg["Hooks"])
+              for name, kwargs in entry.items()]
     for hook in hooks:
         engine.register(hook)
     return engine, checkpoint

@@ -1,28 +1,59 @@
-"""The config layout: PLSC's sections and keys, plus ours, with defaults.
+"""The config layout: PLSC's sections and keys, plus ours, with defaults and bounds.
 
-Plain data read by `engine.config.validate`: leaves are `(kind, default)`. Keys marked
-"ours" are not in PLSC; everything PLSC's DeiT configs use is accepted unchanged.
+Plain data read by `engine.config.validate`: leaves are `(kind, default)` or `(kind, default,
+bound)`. Keys marked "ours" are not in PLSC; everything PLSC's DeiT configs use is accepted
+unchanged. Op lists (`transform_ops`, `batch_transform_ops`, losses, metrics) name their ops'
+arguments here too, so a wrong type or range is one line naming the `-o` key; an argument left
+out keeps the op's own default.
 """
+
+_INTERPOLATION = (("bicubic", "bilinear", "nearest", "lanczos"), "bicubic")
+_UNIT = ("float", 0.0, "[0,1]")
+
+TRANSFORM_OPS = {
+    "DecodeImage": {"to_rgb": ("bool", True), "channel_first": ("bool", False)},
+    "RandCropImage": {"size": ("size", None, ">=1"), "scale": ("float2", None, "(0,1]"),
+                      "ratio": ("float2", None, ">0"), "interpolation": _INTERPOLATION,
+                      "backend": (("pil",), "pil")},
+    "RandFlipImage": {"flip_code": ("int", 1), "prob": _UNIT},
+    "ResizeImage": {"resize_short": ("int", None, ">=1"), "size": ("size?", None, ">=1"),
+                    "interpolation": _INTERPOLATION, "backend": (("pil",), "pil")},
+    "CenterCropImage": {"size": ("size", None, ">=1")},
+    "NormalizeImage": {"scale": ("float", None, ">0"), "mean": ("floats", None), "std": ("floats", None, ">0"),
+                       "order": (("", "hwc"), "")},
+    "RandomErasing": {"EPSILON": _UNIT, "sl": _UNIT, "sh": _UNIT, "r1": ("float", None, "(0,1]"),
+                      "attempt": ("int", None, ">=1"), "use_log_aspect": ("bool", True),
+                      "mode": (("pixel",), "pixel")},
+    "TimmAutoAugment": {"config_str": ("str", None), "interpolation": _INTERPOLATION,
+                        "img_size": ("int", None, ">=1"), "mean": ("floats", None, "[0,1]")},
+    "ToCHWImage": {},
+}
+
+_MIX = {"alpha": ("float", None, ">=0"), "prob": _UNIT, "epsilon": ("float", None, "[0,1)"),
+        "class_num": ("int", None, ">=1")}
+BATCH_TRANSFORM_OPS = {"TransformOpSampler": {"Mixup": _MIX, "Cutmix": _MIX}, "Mixup": _MIX, "Cutmix": _MIX}
+LOSS_OPS = {"CELoss": {"epsilon": ("float", None, "[0,1)"), "weight": ("float", None, ">0")}}
+METRIC_OPS = {"TopkAcc": {"topk": ("ints", None, ">=1")}}
 
 _LOADER = {
     "dataset": {
         "name": (("ImageNetDataset", "ImageFolder", "DemoDataset"), "ImageNetDataset"),
         "image_root": ("str?", None),
         "cls_label_path": ("str?", None),
-        "transform_ops": "ops",
-        "batch_transform_ops": "ops",
-        "max_bad_fraction": ("float", 0.01),            # ours: stop if more files are unreadable
+        "transform_ops": {"*ops": TRANSFORM_OPS},
+        "batch_transform_ops": {"*ops": BATCH_TRANSFORM_OPS},
+        "max_bad_fraction": ("float", 0.01, "[0,1]"),   # ours: stop if more files are unreadable
     },
     "sampler": {
         "name": (("RepeatedAugSampler", "DistributedBatchSampler", "BatchSampler"),
                  "DistributedBatchSampler"),
-        "batch_size": ("int", 64),
+        "batch_size": ("int", 64, ">=1"),
         "drop_last": ("bool", False),
         "shuffle": ("bool", True),
-        "num_repeats": ("int", 3),                      # ours: RepeatedAugSampler repeats
+        "num_repeats": ("int", 3, ">=1"),               # ours: RepeatedAugSampler repeats
     },
     "loader": {
-        "num_workers": ("int", 0),
+        "num_workers": ("int", 0, ">=0"),
         "use_shared_memory": ("bool", True),
     },
 }
@@ -37,70 +68,70 @@ SCHEMA = {
         "save_unit": (("epoch", "step"), "epoch"),      # ours
         "max_num_latest_checkpoint": ("int", 0, ">=0"),   # 0 keeps all
         "eval_during_train": ("bool", True),
-        "eval_interval": ("int", 1),
+        "eval_interval": ("int", 1, ">=1"),
         "eval_unit": (("epoch", "step"), "epoch"),
-        "accum_steps": ("int", 1),
-        "epochs": ("int", 300),
-        "print_batch_step": ("int", 10),
+        "accum_steps": ("int", 1, ">=1"),
+        "epochs": ("int", 300, ">=1"),
+        "print_batch_step": ("int", 10, ">=1"),
         "use_visualdl": ("bool", False),
-        "seed": ("int", 42),
-        "num_threads": ("int", 0),                      # ours: CPU threads, 0 = all cores
+        "seed": ("int", 42, ">=0"),
+        "num_threads": ("int", 0, ">=0"),               # ours: CPU threads, 0 = all cores
         "progress": (("auto", "rich", "plain", "off"), "auto"),  # ours
     },
     "FP16": {
         "level": (("O0", "O1", "O2"), "O0"),
         "dtype": (("float16", "bfloat16"), "float16"),  # ours
         "GradScaler": {
-            "init_loss_scaling": ("float", 65536.0),
-            "incr_every_n_steps": ("int", 2000),
-            "decr_every_n_nan_or_inf": ("int", 1),
-            "incr_ratio": ("float", 2.0),
-            "decr_ratio": ("float", 0.5),
+            "init_loss_scaling": ("float", 65536.0, ">0"),
+            "incr_every_n_steps": ("int", 2000, ">=1"),
+            "decr_every_n_nan_or_inf": ("int", 1, ">=1"),
+            "incr_ratio": ("float", 2.0, ">1"),
+            "decr_ratio": ("float", 0.5, "(0,1)"),
             "use_dynamic_loss_scaling": ("bool", True),
         },
     },
     "DistributedStrategy": {"data_parallel": ("bool", True)},
     "Model": {
         "name": ("str", "DeiT_base_patch16_224"),
-        "class_num": ("int", 1000),
-        "drop_path_rate": ("float", 0.1),
-        "drop_rate": ("float", 0.0),
+        "class_num": ("int", 1000, ">=1"),
+        "drop_path_rate": ("float", 0.1, "[0,1)"),
+        "drop_rate": ("float", 0.0, "[0,1)"),
         "init": (("deit", "plsc"), "deit"),             # ours: official DeiT init or PLSC's
         # ours: the generic constructor (Model.name: VisionTransformer)
-        "img_size": ("int", 224),
-        "patch_size": ("int", 16),
-        "embed_dim": ("int", 768),
-        "depth": ("int", 12),
-        "num_heads": ("int", 12),
-        "mlp_ratio": ("float", 4.0),
+        "img_size": ("int", 224, ">=1"),
+        "patch_size": ("int", 16, ">=1"),
+        "embed_dim": ("int", 768, ">=1"),
+        "depth": ("int", 12, ">=1"),
+        "num_heads": ("int", 12, ">=1"),
+        "mlp_ratio": ("float", 4.0, ">0"),
     },
-    "Loss": {"Train": "ops", "Eval": "ops"},
+    "Loss": {"Train": {"*ops": LOSS_OPS}, "Eval": {"*ops": LOSS_OPS}},
     "LRScheduler": {
         "name": (("TimmCosine",), "TimmCosine"),
-        "learning_rate": ("float", 1e-3),
-        "eta_min": ("float", 1e-5),
-        "warmup_epoch": ("int", 5),
-        "warmup_start_lr": ("float", 1e-6),
+        "learning_rate": ("float", 1e-3, ">0"),
+        "eta_min": ("float", 1e-5, ">=0"),
+        "warmup_epoch": ("int", 5, ">=0"),
+        "warmup_start_lr": ("float", 1e-6, ">=0"),
         "decay_unit": (("epoch", "step"), "epoch"),
-        "scale_by_batch": ("int", 0),                   # ours: lr *= global_batch / N (DeiT: 512)
+        "scale_by_batch": ("int", 0, ">=0"),            # ours: lr *= global_batch / N (DeiT: 512)
     },
     "Optimizer": {
         "name": (("AdamW",), "AdamW"),
-        "betas": ("float2", [0.9, 0.999]),
-        "eps": ("float", 1e-8),
-        "weight_decay": ("float", 0.05),
+        "betas": ("float2", [0.9, 0.999], "[0,1)"),
+        "eps": ("float", 1e-8, ">0"),
+        "weight_decay": ("float", 0.05, ">=0"),
         "no_weight_decay_name": ("list", []),
         "use_master_param": ("bool", False),
         "exp_avg_force_fp32": ("bool", False),
-        "grad_clip": ("float", 0.0),                    # ours: global-norm clip (0 = off)
+        "grad_clip": ("float", 0.0, ">=0"),             # ours: global-norm clip (0 = off)
     },
     "EMA": {
-        "decay": ("float", 0.0),                        # 0 = off; official DeiT uses 0.99996
+        "decay": ("float", 0.0, "[0,1)"),               # 0 = off; official DeiT uses 0.99996
         "thres_steps": ("bool", False),
         "eval_with_ema": ("bool", False),
     },
     "DataLoader": {"Train": _LOADER, "Eval": _LOADER},
-    "Metric": {"Train": "ops", "Eval": "ops"},
+    "Metric": {"Train": {"*ops": METRIC_OPS}, "Eval": {"*ops": METRIC_OPS}},
     "Export": {
         "export_type": (("paddle",), "paddle"),
         "input_shape": ("list", [None, 3, 224, 224]),

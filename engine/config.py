@@ -1,11 +1,14 @@
 """YAML configs in PLSC's layout, `-o Section.key=value` overrides, and validation.
 
 A schema is plain data: a dict whose leaves are `(kind, default)` pairs, or `(kind, default,
-bound)` with a bound such as ">=1" or ">0" for numbers, where kind is
-"int", "float", "bool", "str", "str?" (string or null), "float2" (a pair such as
-"(0.9, 0.999)"), "list", "any", or a tuple of allowed strings. A dict leaf of the form
-`{"*": ...}` accepts any key; a section given as the string "ops" is a list of one-key
-dicts (`- CELoss: {weight: 1.0}`); the code that builds each op checks its name and kwargs.
+bound)` with a bound on numbers (each number of a list): ">=1", ">0", "[0,1)", "(0,1]"...
+Kinds: "int", "float", "bool", "str", "str?" (string or null), "float2" (a pair such as
+"(0.9, 0.999)"), "floats" / "ints" (lists of numbers), "size" (an int or [h, w]; "size?" may be
+null), "list", "any", or a tuple of allowed strings. A dict of the form `{"*": ...}` accepts
+any key. A section given as the string "ops" is a list of one-key dicts (`- CELoss: {weight:
+1.0}`) whose names and arguments the code that builds them checks; `{"*ops": {name: schema}}`
+is such a list whose names must be keys of the mapping and whose arguments are checked here
+against that op's schema (arguments left out keep the op's own defaults).
 Validation returns a new dict with defaults filled in and values coerced.
 """
 import ast
@@ -47,14 +50,17 @@ def apply_override(cfg: dict, item: str, schema: Optional[dict] = None) -> None:
         raise ConfigError(f"override {item!r} must look like Section.key=value")
     try:
         value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); "
+                          f"quote it to pass a string: -o '{key}=\"...\"'") from None
     parts = key.split(".")
     node, node_schema = cfg, schema
     for depth, part in enumerate(parts):
         path = ".".join(parts[: depth + 1])
         last = depth == len(parts) - 1
-        if isinstance(node_schema, dict) and "*" not in node_schema and part not in node_schema:
+        in_op_list = isinstance(node_schema, dict) and "*ops" in node_schema
+        if isinstance(node_schema, dict) and not in_op_list and "*" not in node_schema and part not in node_schema:
             raise ConfigError(f"unknown key {path!r} in override {item!r}{_suggest(part, node_schema)}")
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
@@ -69,7 +75,12 @@ def apply_override(cfg: dict, item: str, schema: Optional[dict] = None) -> None:
             if isinstance(node, dict) and node.get(part) is None:
                 node[part] = {}
             node = node[part]
-            node_schema = node_schema.get(part, node_schema.get("*")) if isinstance(node_schema, dict) else None
+            if in_op_list:
+                node_schema = node_schema["*ops"]  # the entry: op name -> its arguments' schema
+            elif isinstance(node_schema, dict):
+                node_schema = node_schema.get(part, node_schema.get("*"))
+            else:
+                node_schema = None
 
 
 def validate(cfg: Any, schema: Any, where: str = "config", path: str = "") -> Any:
@@ -80,6 +91,8 @@ def validate(cfg: Any, schema: Any, where: str = "config", path: str = "") -> An
         return value
     if schema == "ops":
         return _validate_ops(cfg, where, path)
+    if isinstance(schema, dict) and "*ops" in schema:
+        return _validate_ops(cfg, where, path, schema["*ops"])
     if isinstance(schema, dict):
         if cfg is None:
             cfg = {}
@@ -100,7 +113,7 @@ def _default(sub):
     return sub[1] if isinstance(sub, tuple) else ([] if sub == "ops" else None)
 
 
-def _validate_ops(cfg, where, path) -> List[dict]:
+def _validate_ops(cfg, where, path, op_schemas: Optional[dict] = None) -> List[dict]:
     if cfg is None:
         return []
     if not isinstance(cfg, list):
@@ -110,12 +123,27 @@ def _validate_ops(cfg, where, path) -> List[dict]:
         if isinstance(entry, str):
             entry = {entry: {}}
         if not isinstance(entry, dict) or len(entry) != 1:
-            raise ConfigError(f"{where}: {path}[{i}] must be one `Name: {{kwargs}}` mapping, got {entry!r}")
+            raise ConfigError(f"{where}: {_join(path, i)} must be one `Name: {{kwargs}}` mapping, got {entry!r}")
         (name, kwargs), = entry.items()
         if kwargs is not None and not isinstance(kwargs, dict):
-            raise ConfigError(f"{where}: {path}[{i}] {name}: arguments must be a mapping, got {kwargs!r}")
-        out.append({name: dict(kwargs or {})})
+            raise ConfigError(f"{where}: {_join(path, i)}.{name}: arguments must be a mapping, got {kwargs!r}")
+        kwargs = dict(kwargs or {})
+        if op_schemas is not None:
+            if name not in op_schemas:
+                raise ConfigError(f"{where}: {_join(path, i)}: unknown op {name!r}{_suggest(str(name), op_schemas)}; "
+                                  f"known: {', '.join(sorted(op_schemas))}")
+            kwargs = _validate_given(kwargs, op_schemas[name], where, _join(_join(path, i), name))
+        out.append({name: kwargs})
     return out
+
+
+def _validate_given(cfg: dict, schema: dict, where: str, path: str) -> dict:
+    """Like validate() for a mapping, but keys left out stay out (the op's defaults apply)."""
+    for key in cfg:
+        if key not in schema:
+            raise ConfigError(f"{where}: unknown key {_join(path, key)!r}{_suggest(key, schema)}; "
+                              f"known: {', '.join(sorted(schema))}")
+    return {key: validate(value, schema[key], where, _join(path, key)) for key, value in cfg.items()}
 
 
 def _coerce(value, kind, label):
@@ -148,6 +176,18 @@ def _coerce(value, kind, label):
             if not isinstance(value, list):
                 raise ValueError
             return value
+        if kind in ("floats", "ints"):
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ValueError
+            return [_coerce(v, kind[:-1], label) for v in value]
+        if kind in ("size", "size?"):
+            if value is None and kind == "size?":
+                return None
+            if isinstance(value, (list, tuple)):
+                if len(value) != 2:
+                    raise ValueError
+                return [_coerce(v, "int", label) for v in value]
+            return _coerce(value, "int", label)
         if isinstance(kind, tuple):
             if value is False and "off" in kind:  # YAML 1.1 reads a bare `off` as false
                 return "off"
@@ -158,18 +198,34 @@ def _coerce(value, kind, label):
     except (ValueError, TypeError, SyntaxError):
         wanted = {"int": "an integer", "float": "a number", "bool": "true or false",
                   "str": "a string", "str?": "a string or null", "float2": "a pair like (0.9, 0.999)",
-                  "list": "a list"}[kind]
+                  "list": "a list", "floats": "a list of numbers", "ints": "a list of integers",
+                  "size": "an integer or [height, width]",
+                  "size?": "an integer, [height, width] or null"}[kind]
         raise ConfigError(f"{label} must be {wanted}, got {value!r}") from None
     raise TypeError(f"unknown schema kind {kind!r}")
 
 
 def _check_bound(value, bound: str, label: str) -> None:
-    """`bound` is ">=N" or ">N"; the message says what the key means when it is out of range."""
-    strict = not bound.startswith(">=")
-    limit = float(bound.lstrip(">="))
-    if value < limit or (strict and value == limit):
-        shown = int(limit) if limit.is_integer() else limit
-        raise ConfigError(f"{label} must be {'>' if strict else '>='} {shown}, got {value!r}")
+    """`bound` is ">=N", ">N" or an interval such as "[0,1)"; lists are checked per number."""
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    if bound.startswith(">"):
+        strict = not bound.startswith(">=")
+        low, high, low_open, high_open = float(bound.lstrip(">=")), None, strict, False
+        text = f"{'>' if strict else '>='} {_shown(low)}"
+    else:
+        low_text, high_text = bound[1:-1].split(",")
+        low, high, low_open, high_open = float(low_text), float(high_text), bound[0] == "(", bound[-1] == ")"
+        text = f"in {bound}"
+    for number in numbers:
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            continue
+        if number < low or (low_open and number == low) or \
+                (high is not None and (number > high or (high_open and number == high))):
+            raise ConfigError(f"{label} must be {text}, got {value!r}")
+
+
+def _shown(x: float):
+    return int(x) if x.is_integer() else x
 
 
 def _number(value):

@@ -23,7 +23,10 @@ def test_plsc_configs_load_unchanged(path):
     assert cfg["LRScheduler"]["learning_rate"] == 1e-3       # YAML 1.1 reads "1e-3" as a string
     assert cfg["Optimizer"]["betas"] == [0.9, 0.999]         # written "(0.9, 0.999)"
     assert cfg["DataLoader"]["Train"]["sampler"]["name"] == "RepeatedAugSampler"
-    assert cfg["DataLoader"]["Train"]["dataset"]["transform_ops"] == raw["DataLoader"]["Train"]["dataset"]["transform_ops"][:-1] + [{"ToCHWImage": {}}]
+    expected = raw["DataLoader"]["Train"]["dataset"]["transform_ops"][:-1] + [{"ToCHWImage": {}}]
+    expected[4]["NormalizeImage"]["scale"] = 1.0 / 255.0    # written "1.0/255.0": checked as a number
+    expected[5]["RandomErasing"]["sh"] = 1.0 / 3.0
+    assert cfg["DataLoader"]["Train"]["dataset"]["transform_ops"] == expected
 
 
 def test_plsc_configs_present():
@@ -61,7 +64,7 @@ def test_overrides_parse_yaml_scalars_lists_and_list_indices(tmp_path):
     ("Optimizer: {betas: 0.9}", [], "pair"),
     ("Global: [1, 2]", [], "Global must be a section"),
     ("Global: {epochs: 3}", ["Global.epochs"], "must look like Section.key=value"),
-    ("Loss: {Train: [{CELoss: {}, X: {}}]}", [], r"Loss.Train\[0\] must be one"),
+    ("Loss: {Train: [{CELoss: {}, X: {}}]}", [], r"Loss.Train.0 must be one"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, overrides, match):
     with pytest.raises(ConfigError, match=match):

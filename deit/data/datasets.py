@@ -14,6 +14,9 @@ from PIL import Image
 from ..errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
+# what Pillow raises for a file it will not decode: truncated or foreign data (OSError,
+# ValueError, SyntaxError, EOFError), or more pixels than Image.MAX_IMAGE_PIXELS allows
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 class ImageDataset:
@@ -55,7 +58,7 @@ class ImageDataset:
             try:
                 with Image.open(path) as im:
                     img = im.convert("RGB")
-            except (OSError, ValueError) as exc:
+            except UNREADABLE as exc:
                 index = self._replace_bad(path, exc, rng)
                 continue
             if self.transform is not None:
@@ -83,7 +86,7 @@ class ImageNetDataset(ImageDataset):
     """PLSC's layout: `image_root` plus a list file of `relative/path label` lines."""
 
     def __init__(self, image_root: str, cls_label_path: str, transform=None, seed=0,
-                 max_bad_fraction=0.01, check_files: bool = True):
+                 max_bad_fraction=0.01, check_files: bool = True, num_classes: int = None):
         if not image_root or not os.path.isdir(image_root):
             raise DataError(f"image_root {image_root!r} is not a directory")
         if not cls_label_path or not os.path.isfile(cls_label_path):
@@ -97,6 +100,9 @@ class ImageNetDataset(ImageDataset):
                 if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
                     raise DataError(f"{cls_label_path}:{lineno}: expected 'relative/path label' "
                                     f"with a non-negative integer label, got {line.strip()!r}")
+                if num_classes is not None and int(parts[1]) >= num_classes:
+                    raise DataError(f"{cls_label_path}:{lineno}: label {parts[1]} is not below "
+                                    f"Model.class_num={num_classes} (labels count from 0)")
                 path = os.path.join(image_root, parts[0])
                 if check_files and not os.path.isfile(path):
                     raise DataError(f"{cls_label_path}:{lineno}: image {path} does not exist")
@@ -109,7 +115,8 @@ class ImageNetDataset(ImageDataset):
 class ImageFolder(ImageDataset):
     """`root/class_name/*.jpg`; classes are numbered in sorted order of their folder names."""
 
-    def __init__(self, image_root: str, transform=None, seed=0, max_bad_fraction=0.01, **_unused):
+    def __init__(self, image_root: str, transform=None, seed=0, max_bad_fraction=0.01,
+                 num_classes: int = None, **_unused):
         if not image_root or not os.path.isdir(image_root):
             raise DataError(f"image_root {image_root!r} is not a directory")
         classes = sorted(d.name for d in os.scandir(image_root) if d.is_dir())
@@ -119,5 +126,8 @@ class ImageFolder(ImageDataset):
                    if name.endswith(IMG_EXTENSIONS)]
         if not samples:
             raise DataError(f"{image_root} holds no class folders with images")
+        if num_classes is not None and len(classes) > num_classes:
+            raise DataError(f"{image_root} holds {len(classes)} class folders, more than "
+                            f"Model.class_num={num_classes}")
         self.classes = classes
         super().__init__(samples, transform, seed, max_bad_fraction)
