@@ -186,6 +186,11 @@ def import_hook(dotted: str, kwargs: dict, where: str = "Hooks") -> Hook:
         found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Hook) and v is not Hook)
         raise SetupError(f"{where}: {module_name} has no Hook class {cls_name!r}"
                          f"{' (it has: ' + ', '.join(found) + ')' if found else ''}; a hook subclasses engine.Hook")
+    params = inspect.signature(cls).parameters
+    if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        for key in kwargs:
+            if key not in params:
+                raise unknown(f"argument of {dotted} in {where}", key, list(params))
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as exc:

@@ -13,6 +13,7 @@ Validation returns a new dict with defaults filled in and values coerced.
 """
 import ast
 import difflib
+import math
 import os
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -31,6 +32,8 @@ def load_config(path: str, overrides: Iterable[str] = (), schema: Optional[dict]
     try:
         with open(path, encoding="utf-8") as f:
             cfg = yaml.safe_load(f)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a YAML config (not UTF-8 text)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
@@ -151,14 +154,9 @@ def _coerce(value, kind, label):
         return value
     try:
         if kind == "int":
-            if isinstance(value, bool) or not (isinstance(value, int) or
-                                               (isinstance(value, float) and value.is_integer())):
-                raise ValueError
-            return int(value)
+            return _as_int(value)
         if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(_number(value))
+            return _as_float(value)
         if kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError
@@ -171,7 +169,7 @@ def _coerce(value, kind, label):
             pair = ast.literal_eval(value) if isinstance(value, str) else value
             if len(pair) != 2:
                 raise ValueError
-            return [float(_number(v)) for v in pair]
+            return [_as_float(v) for v in pair]
         if kind == "list":
             if not isinstance(value, list):
                 raise ValueError
@@ -179,15 +177,15 @@ def _coerce(value, kind, label):
         if kind in ("floats", "ints"):
             if not isinstance(value, (list, tuple)) or not value:
                 raise ValueError
-            return [_coerce(v, kind[:-1], label) for v in value]
+            return [_as_float(v) if kind == "floats" else _as_int(v) for v in value]
         if kind in ("size", "size?"):
             if value is None and kind == "size?":
                 return None
             if isinstance(value, (list, tuple)):
                 if len(value) != 2:
                     raise ValueError
-                return [_coerce(v, "int", label) for v in value]
-            return _coerce(value, "int", label)
+                return [_as_int(v) for v in value]
+            return _as_int(value)
         if isinstance(kind, tuple):
             if value is False and "off" in kind:  # YAML 1.1 reads a bare `off` as false
                 return "off"
@@ -195,14 +193,31 @@ def _coerce(value, kind, label):
                 raise ConfigError(f"{label} must be one of {', '.join(map(str, kind))}; got {value!r}"
                                   f"{_suggest(str(value), kind)}")
             return value
-    except (ValueError, TypeError, SyntaxError):
-        wanted = {"int": "an integer", "float": "a number", "bool": "true or false",
+    except (ValueError, TypeError, SyntaxError, ZeroDivisionError, OverflowError):
+        wanted = {"int": "an integer", "float": "a finite number", "bool": "true or false",
                   "str": "a string", "str?": "a string or null", "float2": "a pair like (0.9, 0.999)",
                   "list": "a list", "floats": "a list of numbers", "ints": "a list of integers",
                   "size": "an integer or [height, width]",
                   "size?": "an integer, [height, width] or null"}[kind]
         raise ConfigError(f"{label} must be {wanted}, got {value!r}") from None
     raise TypeError(f"unknown schema kind {kind!r}")
+
+
+def _as_int(value) -> int:
+    """An int, or a float with an integral value (YAML reads `1e3` as a float); else ValueError."""
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        raise ValueError
+    return int(value)
+
+
+def _as_float(value) -> float:
+    """A finite number, also written as PLSC's "1.0/255.0" or YAML 1.1's "1e-3"; else ValueError."""
+    if isinstance(value, bool):
+        raise ValueError
+    number = float(_number(value))
+    if not math.isfinite(number):
+        raise ValueError
+    return number
 
 
 def _check_bound(value, bound: str, label: str) -> None:

@@ -73,9 +73,13 @@ class RunDirectory:
         return sorted(names, key=lambda n: os.path.getmtime(self.file(n)))
 
     def previous_run(self) -> List[str]:
-        """The files of an earlier run found here (empty for a new or unused directory)."""
+        """The files of an earlier run found here (empty for a new or unused directory). An
+        empty metrics.jsonl (a run that failed before its first report) holds nothing to lose."""
         present = set(_listdir(self.path))
-        return [n for n in OUTPUTS if n in present] + self.checkpoints()
+        found = [n for n in OUTPUTS if n in present]
+        if "metrics.jsonl" in found and os.path.getsize(self.file("metrics.jsonl")) == 0:
+            found.remove("metrics.jsonl")
+        return found + self.checkpoints()
 
     def latest(self) -> Optional[str]:
         """The checkpoint named by latest.txt (None if there is no latest.txt)."""

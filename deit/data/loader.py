@@ -2,6 +2,7 @@
 import ctypes
 import signal
 import sys
+import threading
 
 import numpy as np
 import paddle
@@ -14,6 +15,22 @@ def _die_with_parent(worker_id: int) -> None:
     worker keeps running, holding shared memory or the parent's stdout open."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _quiet_data_errors_from_loader_threads() -> None:
+    """Paddle's loader thread re-raises a worker's exception, and Python prints it with both
+    processes' stacks ("Exception in thread ..."); the same error reaches the training loop,
+    which reports it as one line. So a DataError is not printed from a thread; anything else is."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_data_errors", False):
+        return
+
+    def hook(args):
+        if not isinstance(args.exc_value, DataError):
+            previous(args)
+
+    hook.quiet_data_errors = True
+    threading.excepthook = hook
 
 
 def collate(samples):
@@ -34,6 +51,8 @@ class Loader:
                  batch_transform=None, seed: int = 0):
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.batch_transform, self.seed = batch_transform, seed
+        if num_workers > 0:
+            _quiet_data_errors_from_loader_threads()
         self._loader = paddle.io.DataLoader(
             dataset, batch_sampler=batch_sampler, num_workers=num_workers,
             use_shared_memory=use_shared_memory, collate_fn=collate, return_list=True,
