@@ -1,16 +1,36 @@
 """Rank, world size and sums over paddle.distributed; all no-ops in a single process."""
 import os
+import time
 
 import numpy as np
 import paddle
 import paddle.distributed as dist
 
+from .errors import UserError
+
+
+class StartupFailed(UserError):
+    """The processes of a launch could not connect to each other."""
+
 
 def init_if_launched() -> None:
     """Join the process group when started by `python -m paddle.distributed.launch` (it sets
-    PADDLE_TRAINERS_NUM); a plain `python run.py` stays a single process."""
-    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1 and not dist.is_initialized():
+    PADDLE_TRAINERS_NUM); a plain `python run.py` stays a single process. A failure to connect
+    is one line saying which rank waited for which endpoint, and for how long."""
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    if world <= 1 or dist.is_initialized():
+        return
+    start = time.monotonic()
+    try:
         dist.init_parallel_env()
+    except RuntimeError as exc:
+        me = os.environ.get("PADDLE_TRAINER_ID", "?")
+        master = os.environ.get("PADDLE_MASTER") or (os.environ.get("PADDLE_TRAINER_ENDPOINTS", "").split(",") or ["?"])[0]
+        raise StartupFailed(
+            f"rank {me} of {world} could not connect to the other processes of this launch (rank 0 "
+            f"at {master}) within {time.monotonic() - start:.0f} s: {str(exc).strip().splitlines()[0][:200]}; "
+            f"check that every rank started (their workerlog.N) and that {master} is reachable "
+            f"from this node") from None
 
 
 def world_size() -> int:
@@ -47,7 +67,6 @@ def agreed(start):
     """Run `start()` on every rank and raise on all of them if it raised on any, so that a
     launch whose rank 0 refuses to start (a locked output_dir, a bad checkpoint) stops as a
     whole instead of leaving the other ranks waiting at their first collective."""
-    from .errors import UserError
     error, result = None, None
     try:
         result = start()

@@ -165,3 +165,26 @@ def test_ema_evaluation_is_logged(tiny_config):
 def test_batch_not_divisible_by_accum_steps_is_a_clear_error(tiny_config, capsys):
     assert run.main(["-c", tiny_config, "-o", "Global.accum_steps=3"]) == 2
     assert "Global.accum_steps=3 must divide DataLoader.Train.sampler.batch_size=16" in capsys.readouterr().err
+
+
+def test_a_diverging_fp16_run_warns_once_per_window_and_logs_it(tiny_config, capsys):
+    """Issue 12: FP16 O1 with a diverging LR skipped 17 of 20 steps, the scale fell to 1, and
+    the run ended with exit 0 and no word. On the CPU autocast keeps fp32, where an LR of
+    1e4 overflows the same way; the loss scaler sees the non-finite gradients."""
+    out = os.path.join(os.path.dirname(tiny_config), "out")
+    code = run.main(["-c", tiny_config, "-o", "FP16.level=O1", "-o", "LRScheduler.learning_rate=1e4",
+                     "-o", "LRScheduler.warmup_epoch=0", "-o", "Global.epochs=2",
+                     "-o", "FP16.GradScaler.init_loss_scaling=8"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    train = [r for r in rows if r["event"] == "train"]
+    warned = [r for r in train if "warning" in r]
+    assert warned and printed.count("warning: the loss scaler skipped") == len(warned)
+    for r in warned:  # each window's own count, checked against the totals
+        assert r["skipped_in_window"] * 2 > 0 and "lower LRScheduler.learning_rate" in r["warning"]
+    previous = 0
+    for r in train:
+        assert r["skipped_in_window"] == r["skipped_steps"] - previous
+        previous = r["skipped_steps"]
+    assert train[-1]["skipped_steps"] >= len(train)  # most steps were skipped
