@@ -1,5 +1,7 @@
 """Rank, world size and sums over paddle.distributed; all no-ops in a single process."""
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -13,24 +15,72 @@ class StartupFailed(UserError):
     """The processes of a launch could not connect to each other."""
 
 
+_WATCHDOG = """
+import os, select, signal, sys, time
+parent, limit, text = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+
+def children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if entry.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+def family(pid):  # descendants, deepest first (Paddle's Manager server process among them)
+    return [d for c in children(pid) if c != os.getpid() for d in family(c)] + [pid]
+
+start, every = time.monotonic(), min(60.0, limit / 3)
+while not select.select([sys.stdin], [], [], every)[0]:   # stdin closes when the trainer connected
+    waited = time.monotonic() - start
+    if waited >= limit:
+        print("error: " + text.format(waited=waited), file=sys.stderr, flush=True)
+        for pid in family(parent):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        break
+    print(text.split(";")[0].format(waited=waited) + " so far", flush=True)
+"""
+
+
 def init_if_launched() -> None:
     """Join the process group when started by `python -m paddle.distributed.launch` (it sets
-    PADDLE_TRAINERS_NUM); a plain `python run.py` stays a single process. A failure to connect
-    is one line saying which rank waited for which endpoint, and for how long."""
+    PADDLE_TRAINERS_NUM); a plain `python run.py` stays a single process.
+
+    Paddle waits long for peers that never come, without a word, inside C++ that holds the GIL
+    (no Python thread or signal handler runs meanwhile). A small watchdog process says who
+    waits for whom, and after DEIT_CONNECT_TIMEOUT seconds (default 900) prints one line and
+    ends this process and its children (Paddle forks a multiprocessing Manager before it
+    connects, which would otherwise live on, orphaned)."""
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     if world <= 1 or dist.is_initialized():
         return
+    me = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
+    master = os.environ.get("PADDLE_MASTER") or os.environ.get("PADDLE_TRAINER_ENDPOINTS", "?").split(",")[0]
+    waiting_for = (f"ranks 1..{world - 1} to connect to it at {master}" if me == 0 else
+                   f"rank 0 (the master) at {master}")
+    limit = float(os.environ.get("DEIT_CONNECT_TIMEOUT", "900"))
+    text = (f"rank {me} of {world} waited {{waited:.0f}} s for {waiting_for}; giving up "
+            f"(DEIT_CONNECT_TIMEOUT={limit:g}): check that every node started the launch (their "
+            f"workerlog.N) and can reach {master}")
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(limit), text],
+                                stdin=subprocess.PIPE)
     start = time.monotonic()
     try:
         dist.init_parallel_env()
     except RuntimeError as exc:
-        me = os.environ.get("PADDLE_TRAINER_ID", "?")
-        master = os.environ.get("PADDLE_MASTER") or (os.environ.get("PADDLE_TRAINER_ENDPOINTS", "").split(",") or ["?"])[0]
         raise StartupFailed(
-            f"rank {me} of {world} could not connect to the other processes of this launch (rank 0 "
-            f"at {master}) within {time.monotonic() - start:.0f} s: {str(exc).strip().splitlines()[0][:200]}; "
-            f"check that every rank started (their workerlog.N) and that {master} is reachable "
-            f"from this node") from None
+            f"rank {me} of {world} could not connect after {time.monotonic() - start:.0f} s while waiting "
+            f"for {waiting_for}: {str(exc).strip().splitlines()[0][:200]}; check that every rank "
+            f"started (their workerlog.N) and can reach {master}") from None
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
 
 
 def world_size() -> int:

@@ -97,3 +97,27 @@ def test_a_rank_that_dies_stops_the_launch_and_leaves_a_good_checkpoint(tiny_con
     model = VisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, class_num=10)
     ckpt = read_checkpoint(str(out / latest), model, shape_problems, world_size=2)
     assert ckpt["engine"]["position"]["iteration"] == 2
+
+
+def test_a_master_that_never_answers_is_one_line_within_the_connect_timeout(tiny_config, tmp_path):
+    """Paddle waits long (well past 90 s, measured) for a peer that never comes, in C++ that
+    holds the GIL. Run as rank 1 of 2 whose master (a closed loopback port) never answers, the
+    run says who waited for whom and ends after DEIT_CONNECT_TIMEOUT seconds."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]  # free now, and nobody listens on it
+    env = dict(os.environ, PYTHONPATH=ROOT, PADDLE_TRAINERS_NUM="2", PADDLE_TRAINER_ID="1",
+               PADDLE_TRAINER_ENDPOINTS=f"127.0.0.1:{closed_port + 1},127.0.0.1:{closed_port + 2}",
+               PADDLE_CURRENT_ENDPOINT=f"127.0.0.1:{closed_port + 2}", PADDLE_MASTER=f"127.0.0.1:{closed_port}",
+               DEIT_CONNECT_TIMEOUT="6")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "-c", tiny_config,
+                             "-o", f"Global.output_dir={out}"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: rank 1 of 2 waited 6 s for rank 0 (the master) at 127.0.0.1:{closed_port}; giving up "
+                      f"(DEIT_CONNECT_TIMEOUT=6): check that every node started the launch (their workerlog.N) "
+                      f"and can reach 127.0.0.1:{closed_port}"], result.stderr[-2000:]
+    assert "waited 2 s for rank 0" in result.stdout  # progress while waiting
+    assert not out.exists()

@@ -293,3 +293,18 @@ def test_every_bounded_key_refuses_any_number_outside_its_range(tiny_config, dat
     value = data.draw(_outside(leaf))
     text = _refused(tiny_config, _override(key, value))
     assert key in text, (key, value, text)
+
+
+def test_pretrained_model_takes_a_training_checkpoints_weights(tiny_config, tmp_path, capsys):
+    """Issue 12: `Global.pretrained_model=x.pdckpt` used to look for x.pdckpt.pdparams; a
+    training checkpoint's model weights now start a new run (or an evaluation)."""
+    first = tmp_path / "first"
+    assert run.main(["-c", tiny_config, "-o", f"Global.output_dir={first}", "-o", "Global.epochs=1"]) == 0
+    capsys.readouterr()
+    assert run.main(["-c", tiny_config, "--eval", "-o", f"Global.pretrained_model={first / 'epoch_1.pdckpt'}"]) == 0
+    from_ckpt = capsys.readouterr().out
+    assert "starting from the model weights of training checkpoint" in from_ckpt
+    assert run.main(["-c", tiny_config, "--eval", "-o", f"Global.pretrained_model={first / 'final'}"]) == 0
+    from_final = capsys.readouterr().out
+    top1 = [line.split("top1=")[1].split()[0] for line in (from_ckpt + from_final).splitlines() if "top1=" in line]
+    assert len(top1) == 2 and top1[0] == top1[1]  # the same weights: the final ones of epoch 1
