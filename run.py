@@ -152,8 +152,17 @@ def _export(cfg) -> int:
     model = build_model(cfg["Model"])
     load_pretrained(model, weights)
     dest = cfg["Export"]["save_path"] or os.path.join(cfg["Global"]["output_dir"], "inference")
-    export_inference(model, cfg["Export"]["input_shape"], dest)
-    print(f"exported {weights} to {dest}.json / {dest}.pdiparams (input {cfg['Export']['input_shape']})")
+    shape = cfg["Export"]["input_shape"] or [None, 3, model.img_size, model.img_size]
+    if len(shape) != 4 or shape[1:] != [3, model.img_size, model.img_size]:
+        raise SetupError(f"Export.input_shape={shape} does not fit the model, which takes "
+                         f"[N, 3, {model.img_size}, {model.img_size}]: leave Export.input_shape unset "
+                         f"to take the model's")
+    try:
+        export_inference(model, shape, dest)
+    except Exception as exc:  # noqa: BLE001 - tracing or writing: one line, the cause kept
+        raise SetupError(f"--export to {dest} failed: {type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0][:300]}") from None
+    print(f"exported {weights} to {dest}.json / {dest}.pdiparams (input {shape})")
     return 0
 
 

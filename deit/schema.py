@@ -134,7 +134,7 @@ SCHEMA = {
     "Metric": {"Train": {"*ops": METRIC_OPS}, "Eval": {"*ops": METRIC_OPS}},
     "Export": {
         "export_type": (("paddle",), "paddle"),
-        "input_shape": ("list", [None, 3, 224, 224]),
+        "input_shape": ("list?", None),                 # null: [None, 3, img, img] of the model
         "save_path": ("str?", None),                    # ours
     },
     "Hooks": "ops",

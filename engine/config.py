@@ -4,7 +4,7 @@ A schema is plain data: a dict whose leaves are `(kind, default)` pairs, or `(ki
 bound)` with a bound on numbers (each number of a list): ">=1", ">0", "[0,1)", "(0,1]"...
 Kinds: "int", "float", "bool", "str", "str?" (string or null), "float2" (a pair such as
 "(0.9, 0.999)"), "floats" / "ints" (lists of numbers), "size" (an int or [h, w]; "size?" may be
-null), "list", "any", or a tuple of allowed strings. A dict of the form `{"*": ...}` accepts
+null), "list" ("list?" may be null), "any", or a tuple of allowed strings. A dict of the form `{"*": ...}` accepts
 any key. A section given as the string "ops" is a list of one-key dicts (`- CELoss: {weight:
 1.0}`) whose names and arguments the code that builds them checks; `{"*ops": {name: schema}}`
 is such a list whose names must be keys of the mapping and whose arguments are checked here
@@ -170,7 +170,9 @@ def _coerce(value, kind, label):
             if len(pair) != 2:
                 raise ValueError
             return [_as_float(v) for v in pair]
-        if kind == "list":
+        if kind in ("list", "list?"):
+            if value is None and kind == "list?":
+                return None
             if not isinstance(value, list):
                 raise ValueError
             return value
@@ -196,7 +198,7 @@ def _coerce(value, kind, label):
     except (ValueError, TypeError, SyntaxError, ZeroDivisionError, OverflowError):
         wanted = {"int": "an integer", "float": "a finite number", "bool": "true or false",
                   "str": "a string", "str?": "a string or null", "float2": "a pair like (0.9, 0.999)",
-                  "list": "a list", "floats": "a list of numbers", "ints": "a list of integers",
+                  "list": "a list", "list?": "a list or null", "floats": "a list of numbers", "ints": "a list of integers",
                   "size": "an integer or [height, width]",
                   "size?": "an integer, [height, width] or null"}[kind]
         raise ConfigError(f"{label} must be {wanted}, got {value!r}") from None

@@ -25,8 +25,8 @@ def _out(tiny_config):
 def test_export_gives_the_same_logits_through_jit_load(tiny_config):
     assert run.main(["-c", tiny_config, "-o", "Global.epochs=1"]) == 0
     out = _out(tiny_config)
-    assert run.main(["-c", tiny_config, "--export", "-o", f"Global.pretrained_model={out}/final",
-                     "-o", "Export.input_shape=[null, 3, 32, 32]"]) == 0
+    # the README's example as written: the input shape comes from the model (32 px here)
+    assert run.main(["-c", tiny_config, "--export", "-o", f"Global.pretrained_model={out}/final"]) == 0
     loaded = paddle.jit.load(os.path.join(out, "inference"))
     from deit.build import build_model
     from deit.schema import SCHEMA
@@ -36,6 +36,17 @@ def test_export_gives_the_same_logits_through_jit_load(tiny_config):
     model.eval()
     x = paddle.to_tensor(np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32))
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-5)
+
+
+def test_export_with_a_shape_that_does_not_fit_is_one_line(tiny_config, capsys):
+    assert run.main(["-c", tiny_config, "-o", "Global.epochs=1"]) == 0
+    out = _out(tiny_config)
+    capsys.readouterr()
+    assert run.main(["-c", tiny_config, "--export", "-o", f"Global.pretrained_model={out}/final",
+                     "-o", "Export.input_shape=[null, 3, 224, 224]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not fit the model, which takes [N, 3, 32, 32]" in err
+    assert not os.path.exists(os.path.join(out, "inference.json"))
 
 
 def test_plot_writes_a_png_and_without_matplotlib_says_what_to_install(tiny_config, monkeypatch, capsys):

@@ -167,7 +167,7 @@ WRONG_TYPE = {
     "int": ["abc", 1.5, [1], {"a": 1}, True], "float": ["abc", [1.0], {"a": 1}, True, ".nan", ".inf", "1/0"],
     "bool": ["maybe", 3, [True]], "str": [[1], {"a": 1}], "str?": [[1], {"a": 1}],
     "float2": ["abc", [1.0], [1.0, 2.0, 3.0]], "floats": ["abc", [], ["x"]], "ints": ["abc", [], [1.5]],
-    "size": ["abc", [1, 2, 3], 1.5], "size?": ["abc", [1, 2, 3]], "list": ["abc", 3],
+    "size": ["abc", [1, 2, 3], 1.5], "size?": ["abc", [1, 2, 3]], "list": ["abc", 3], "list?": ["abc", 3],
 }
 
 
