@@ -3,6 +3,13 @@
     python run.py --config configs/demo.yaml [-o Section.key=value ...] [--eval|--export|--dry-run]
     python run.py plot OUTPUT_DIR          # PNG curves from OUTPUT_DIR/metrics.jsonl
 """
+MODES = """modes:
+  %(prog)s -c CONFIG [-o KEY=VALUE ...]            train (resume with -o Global.checkpoint=auto)
+  %(prog)s -c CONFIG --eval [-o ...]               evaluate Global.pretrained_model or Global.checkpoint
+  %(prog)s -c CONFIG --export [-o ...]             export an inference model
+  %(prog)s -c CONFIG --dry-run [-o ...]            build everything, print the hooks, do not train
+  %(prog)s plot OUTPUT_DIR                         PNG curves from OUTPUT_DIR/metrics.jsonl
+"""
 import argparse
 import contextlib
 import io
@@ -36,8 +43,14 @@ def _import_paddle_quietly() -> None:
         import paddle  # noqa: F401
 
 
+def _prog() -> str:
+    """The name this program was called by: run.py, deit-train or deit-eval."""
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "run.py"
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=_prog(), description=__doc__.splitlines()[0], epilog=MODES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", required=True, help="YAML config (PLSC layout)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="Section.key=value",
                    help="override a config value (repeatable); values are parsed as YAML")
@@ -57,7 +70,13 @@ def main(argv=None, force_eval: bool = False) -> int:
         return _plot(argv[1:])
     args = parse_args(argv)
     _set_threads(args.config, args.override)
-    _import_paddle_quietly()
+    try:
+        _import_paddle_quietly()
+    except ImportError as exc:
+        print(f"error: PaddlePaddle cannot be imported ({exc}): install the CPU wheel with "
+              f"pip install paddlepaddle (or this package's [cpu] extra), or for GPUs the "
+              f"paddlepaddle-gpu wheel built for your CUDA version", file=sys.stderr)
+        return 2
     from engine.config import ConfigError, load_config
     from engine.errors import UserError as EngineUserError
     from deit.errors import UserError
@@ -129,12 +148,17 @@ def _start(checkpoint, engine, value):
 
 def _plot(argv) -> int:
     from deit.errors import UserError
-    if len(argv) != 1:
-        print("usage: python run.py plot OUTPUT_DIR", file=sys.stderr)
-        return 2
+    p = argparse.ArgumentParser(prog=f"{_prog()} plot", description="PNG curves of loss, lr, "
+                                "top-1/5 and img/s from OUTPUT_DIR/metrics.jsonl, written to "
+                                "OUTPUT_DIR/curves.png (needs matplotlib)")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0)
     from deit.plot import plot_run
     try:
-        print(f"wrote {plot_run(argv[0])}")
+        print(f"wrote {plot_run(args.output_dir)}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -71,3 +71,24 @@ def test_start_of_run_summary(tiny_config, capsys):
     assert "0.03 M parameters" in text
     assert "train 120 images, 7 steps per epoch x 2 epochs, eval 40 images" in text
     assert "global 16 = 16 per device x 1 device(s)" in text and "world size 1" in text
+
+
+def test_help_lists_every_mode_under_the_name_it_was_called_by(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["deit-train"])
+    with pytest.raises(SystemExit) as info:
+        run.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: deit-train")
+    for mode in ("--eval", "--export", "--dry-run", "deit-train plot OUTPUT_DIR"):
+        assert mode in text
+    assert run.main(["plot", "--help"]) == 0
+    assert "usage: deit-train plot [-h] OUTPUT_DIR" in capsys.readouterr().out
+    assert run.main(["plot"]) == 2
+
+
+def test_missing_paddle_is_one_line_naming_the_wheels(tiny_config, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "paddle", None)  # as if not installed
+    assert run.main(["-c", tiny_config]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install paddlepaddle" in err and "paddlepaddle-gpu" in err
