@@ -2,57 +2,33 @@
 
     python -m deit.convert SRC DST.pdparams --model DeiT_tiny_patch16_224 [--class-num N]
 
-SRC is a timm `.safetensors` file (read with numpy alone) or an official DeiT / timm `.pth`
+SRC is a timm `.safetensors` file (read with the `safetensors` library) or an official DeiT / timm `.pth`
 checkpoint (needs torch, an optional extra). Key names are the same in timm and here; the only
 layout change is that Linear weights are [out, in] in torch and [in, out] in Paddle, so 2-D
 `*.weight` tensors are transposed and nothing else is (conv kernels, norms, tokens keep theirs).
 """
 import argparse
-import json
 import os
-import struct
 import sys
 
 import numpy as np
 
 from .errors import CheckpointError
 
-_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-                       "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
 def read_safetensors(path: str) -> dict:
-    """The safetensors format: u64 header length, JSON header, then raw little-endian data."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: not a safetensors file (shorter than its header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            raise CheckpointError(f"{path}: not a safetensors file, or truncated (header of {n} "
-                                  f"bytes in a {size}-byte file)")
+    """timm's .safetensors through the `safetensors` library (Paddle installs it). numpy has
+    no bfloat16, so BF16 files are read through the library's Paddle backend, as float32."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    try:
         try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CheckpointError(f"{path}: not a safetensors file (its header is not JSON)") from None
-        data = f.read()
-    out = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        dtype = info.get("dtype")
-        if dtype == "BF16":
-            raw = np.frombuffer(data[info["data_offsets"][0]:info["data_offsets"][1]], np.uint16)
-            out[key] = (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
-            continue
-        if dtype not in _SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {dtype}")
-        start, end = info["data_offsets"]
-        if end > len(data):
-            raise CheckpointError(f"{path}: truncated file (tensor {key} ends past the end of the file)")
-        out[key] = np.frombuffer(data[start:end], _SAFETENSORS_DTYPES[dtype]).reshape(info["shape"]).copy()
-    return out
+            return load_file(path)
+        except TypeError:  # "data type 'bfloat16' not understood"
+            from safetensors import safe_open
+            with safe_open(path, framework="paddle") as f:
+                return {k: f.get_tensor(k).astype("float32").numpy() for k in f.keys()}
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path}: not a safetensors file, or truncated ({exc})") from None
 
 
 def read_torch(path: str) -> dict:
