@@ -98,44 +98,61 @@ def eval_main(argv=None) -> int:
 
 
 def _train(cfg, dry_run: bool) -> int:
-    import yaml
     from deit.build import build_training, describe_run
     from engine import dist
-    from engine.files import atomic_write_text
-    from hooks.checkpoint import Interrupted
     engine, checkpoint = build_training(cfg)
-    if dist.is_main():
-        print(describe_run(cfg, engine), flush=True)
+    summary = describe_run(cfg, engine) if dist.is_main() else ""
     if dry_run:
+        print(summary)
         print(engine.describe())
         return 0
     run_dir = checkpoint.run_dir
     with run_dir:  # rank 0 holds output_dir/run.lock until the run ends
         resumed = dist.agreed(lambda: _start(checkpoint, engine, cfg["Global"]["checkpoint"]))
-        state = engine.state
+        with run_dir.logging_output(" ".join(sys.argv)):  # from here on, rank 0 prints to train.log too
+            return _run(cfg, engine, run_dir, resumed, summary)
+
+
+def _run(cfg, engine, run_dir, resumed, summary) -> int:
+    import yaml
+    from engine import dist
+    from deit.errors import UserError as DeitUserError
+    from engine.errors import UserError
+    from engine.files import atomic_write_text
+    from hooks.checkpoint import Interrupted
+    state = engine.state
+    if dist.is_main():
+        print(summary, flush=True)
         if resumed:
             print(f"resumed from {resumed} at epoch {state.epoch}, iteration {state.iteration}")
+            drift = state.metrics.get("resume")
+            if drift:
+                print(f"resume: config changed since {os.path.basename(resumed)}: " +
+                      "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in drift["changes"].items()))
             if state.epoch >= state.max_epochs and state.epoch_ended:
                 print(f"the run in {run_dir.path} is complete ({state.epoch} of {state.max_epochs} epochs): "
                       f"raise Global.epochs to train longer, or start over in another Global.output_dir")
+    try:
         if dist.is_main():
             atomic_write_text(run_dir.file("config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
-        try:
-            engine.run()
-        except Interrupted as exc:
-            print(str(exc), file=sys.stderr)
-            return 128 + exc.signum
-        except KeyboardInterrupt:
-            print(f"stopped without saving; latest.txt in {run_dir.path} names the newest complete "
-                  f"checkpoint: resume with -o Global.checkpoint=auto", file=sys.stderr)
-            return 130
-        except RuntimeError as exc:
-            if not dist.is_peer_failure(exc):
-                raise
-            print(f"error: rank {dist.rank()}: a collective failed because another process of this launch "
-                  f"died or is unreachable ({str(exc).splitlines()[0]}); see that rank's workerlog. "
-                  f"Nothing was saved after the failure: resume with -o Global.checkpoint=auto", file=sys.stderr)
-            return 1
+        engine.run()
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print(f"stopped without saving; latest.txt in {run_dir.path} names the newest complete "
+              f"checkpoint: resume with -o Global.checkpoint=auto", file=sys.stderr)
+        return 130
+    except (UserError, DeitUserError) as exc:  # printed here, so that train.log has it too
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if not dist.is_peer_failure(exc):
+            raise
+        print(f"error: rank {dist.rank()}: a collective failed because another process of this launch "
+              f"died or is unreachable ({str(exc).splitlines()[0]}); see that rank's workerlog. "
+              f"Nothing was saved after the failure: resume with -o Global.checkpoint=auto", file=sys.stderr)
+        return 1
     return 0
 
 

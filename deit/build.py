@@ -285,7 +285,7 @@ def build_training(cfg):
                             facts={"training images": len(train_loader.dataset),
                                    "steps per epoch": len(train_loader)})
     hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule), checkpoint,
-              MetricsLog(run_dir.file("metrics.jsonl")), Progress(g["progress"]),
+              MetricsLog(run_dir.file("metrics.jsonl")), Progress(g["progress"], log=run_dir.log_line),
               DataHealth(train_loader.dataset)]
     if eval_loader is not None:
         eval_loss = build_loss(cfg["Loss"]["Eval"], "Loss.Eval")

@@ -61,7 +61,8 @@ class Checkpoint(Hook):
     # ---- resuming -------------------------------------------------------------------------
     def resume(self, engine, checkpoint: Optional[str]) -> Optional[str]:
         """Load everything from the checkpoint that Global.checkpoint (None, "auto" or a path)
-        designates in this run directory; returns its path, or None for a fresh start."""
+        designates in this run directory; returns its path, or None for a fresh start. Config
+        changes since the checkpoint are in `engine.state.metrics["resume"]`."""
         path = self.run_dir.starting_point(checkpoint)
         if path is None:
             return None
@@ -77,9 +78,7 @@ class Checkpoint(Hook):
         checkpoint_state.restore(ckpt, engine, self.model, self.optimizer)
         if not self.run_dir.owns(path):
             self.saved = []  # another directory's checkpoints are never this run's to delete
-        if changes:
-            print(f"resume: config changed since {os.path.basename(path)}: " +
-                  "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes))
+        if changes:  # run.py prints them once train.log is open; metrics.jsonl records them
             engine.state.metrics["resume"] = {
                 "event": "resume", **engine.state.counters(), "from": path,
                 "changes": {k: [old, new] for k, old, new in changes}}

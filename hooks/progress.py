@@ -19,12 +19,16 @@ def _fmt(value, spec):
 class Progress(Hook):
     priority = 95
 
-    def __init__(self, mode: str = "auto", stream=None):
-        self.stream = stream or sys.stdout
+    def __init__(self, mode: str = "auto", stream=None, log=None):
+        """`log(line)` receives the plain lines when the terminal shows a bar and tables
+        instead (train.log wants text); in plain mode the lines are printed, log or not."""
+        self.log = log
         if mode == "auto":
-            mode = "rich" if self.stream.isatty() else "plain"
+            mode = "rich" if (stream or sys.stdout).isatty() else "plain"
         self.mode = mode if dist.is_main() else "off"
-        self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
+        # a bar draws on the terminal it started on; plain lines follow sys.stdout (train.log's tee)
+        self.console = Console(file=stream or (sys.stdout if self.mode == "rich" else None),
+                               highlight=False, soft_wrap=True)
         self.bar = self.task = None
 
     def started(self, engine):
@@ -46,9 +50,9 @@ class Progress(Hook):
             info = _train_text(record) if record else None
             self.bar.update(self.task, completed=engine.state.epoch_iter,
                             **({"info": info} if info else {}))
-        elif self.mode == "plain" and record:
-            self.console.print(f"epoch {record['epoch']} iter {record['epoch_iter']}/"
-                               f"{engine.state.iters_per_epoch} " + _train_text(record))
+        if record:
+            self._plain(f"epoch {record['epoch']} iter {record['epoch_iter']}/"
+                        f"{engine.state.iters_per_epoch} " + _train_text(record))
 
     def epoch_end(self, engine):
         self._stop_bar()
@@ -57,11 +61,10 @@ class Progress(Hook):
         if self.mode == "off":
             return
         rec = engine.state.metrics["last_eval"]
-        if self.mode == "plain":
-            self.console.print(f"{rec['event']} epoch {rec['epoch']} iter {rec['iteration']}: top1 {rec['top1']:.4f} "
-                               f"top5 {rec.get('top5', float('nan')):.4f} loss {rec['loss']:.4f} "
-                               f"(best top1 {rec['best_top1']:.4f} at epoch {rec['best_epoch']})")
-        else:
+        self._plain(f"{rec['event']} epoch {rec['epoch']} iter {rec['iteration']}: top1 {rec['top1']:.4f} "
+                    f"top5 {rec.get('top5', float('nan')):.4f} loss {rec['loss']:.4f} "
+                    f"(best top1 {rec['best_top1']:.4f} at epoch {rec['best_epoch']})")
+        if self.mode == "rich":
             self.console.print(_table(f"{rec['event']} after epoch {rec['epoch']}", {
                 "top-1": f"{rec['top1']:.2%}", "top-5": f"{rec.get('top5', float('nan')):.2%}",
                 "loss": f"{rec['loss']:.4f}", "images": str(rec["count"]),
@@ -79,10 +82,16 @@ class Progress(Hook):
         if ev:
             summary.update({"final top-1": f"{ev['top1']:.2%}",
                             "best top-1": f"{ev['best_top1']:.2%} (epoch {ev['best_epoch']})"})
-        if self.mode == "plain":
-            self.console.print("done: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
-        else:
+        self._plain("done: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+        if self.mode == "rich":
             self.console.print(_table("Training finished", summary))
+
+    def _plain(self, line: str) -> None:
+        """A plain-text line: printed in plain mode, else only sent to the log."""
+        if self.mode == "plain":
+            self.console.print(line)
+        elif self.mode == "rich" and self.log is not None:
+            self.log(line)
 
     def exception(self, engine):
         self._stop_bar()

@@ -1,14 +1,17 @@
 """Global.output_dir: owned by one run at a time, and no previous run destroyed unasked.
 
 What a training run writes there: `epoch_N.pdckpt` / `step_N.pdckpt` checkpoints, `latest.txt`
-(the newest complete one), `best.pdparams`, `final.pdparams`, `metrics.jsonl`, `config.yaml`
-and `run.lock`. The run deletes only checkpoints it wrote itself, by name relative to the
+(the newest complete one), `best.pdparams`, `final.pdparams`, `metrics.jsonl`, `config.yaml`,
+`train.log` (what rank 0 printed, every start appended) and `run.lock`. The run deletes only checkpoints it wrote itself, by name relative to the
 directory; nothing it reads from a checkpoint can point outside it.
 """
+import contextlib
 import errno
 import glob
 import os
 import re
+import sys
+import time
 from typing import List, Optional
 
 from engine.errors import CheckpointError, RunDirectoryError
@@ -26,6 +29,7 @@ class RunDirectory:
     def __init__(self, path: str, is_main: bool = True):
         self.path, self.is_main = path, is_main
         self._lock = DirectoryLock(path)
+        self._log = None
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -145,6 +149,34 @@ class RunDirectory:
                     f"resuming here would mix two runs; choose an empty -o Global.output_dir=...")
         return checkpoint
 
+    # ---- train.log ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def logging_output(self, command: str = ""):
+        """Tee rank 0's stdout and stderr into train.log (appended, with a line per start).
+        Escape sequences are dropped; a log that cannot be written never stops the run."""
+        if not self.is_main:
+            yield
+            return
+        self._log = open(self.file("train.log"), "a", encoding="utf-8")
+        self.log_line(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {command}")
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, self), _Tee(sys.stderr, self)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = saved
+            self._log.close()
+            self._log = None
+
+    def log_line(self, text: str) -> None:
+        """Write to train.log only (for what the terminal shows as something else, a bar)."""
+        if self._log is not None:
+            try:
+                self._log.write(_ANSI.sub("", text) + ("" if text.endswith("\n") else "\n"))
+                self._log.flush()
+            except OSError:
+                self._log = None  # a full disk: the run goes on, the checkpoint says the rest
+
     # ---- writing ------------------------------------------------------------------------
     def set_latest(self, name: str) -> None:
         atomic_write_text(self.file("latest.txt"), name + "\n")
@@ -157,6 +189,32 @@ class RunDirectory:
             os.remove(self.file(name))
         except FileNotFoundError:
             pass
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+class _Tee:
+    """A text stream that writes to `stream` and to the run directory's train.log."""
+
+    def __init__(self, stream, run_dir: RunDirectory):
+        self.stream, self.run_dir = stream, run_dir
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        if self.run_dir._log is not None and text:
+            try:
+                self.run_dir._log.write(_ANSI.sub("", text))
+                self.run_dir._log.flush()
+            except OSError:
+                self.run_dir._log = None
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding...: the terminal's
+        return getattr(self.stream, name)
 
 
 def _listdir(path: str) -> List[str]:

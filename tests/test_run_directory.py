@@ -272,3 +272,39 @@ def test_read_only_and_non_directory_output_dirs_fail_before_training(tiny_confi
         assert os.listdir(locked) == []
     finally:
         subprocess.run(undo + [str(locked)], check=True)
+
+
+# ---- train.log ----------------------------------------------------------------------------
+
+def test_train_log_holds_what_rank_0_printed_and_resumes_append(tiny_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _main(tiny_config, out, "Global.epochs=1", "Global.checkpoint=auto") == 0
+    printed = capsys.readouterr().out
+    log = (out / "train.log").read_text()
+    for line in printed.splitlines():  # everything printed once the run started, in order
+        if line.startswith(("model ", "epoch ", "eval ", "done:")):
+            assert line in log, line
+    assert log.count("==== ") == 1
+    assert _main(tiny_config, out, "Global.epochs=2", "Global.checkpoint=auto") == 0
+    log = (out / "train.log").read_text()
+    assert log.count("==== ") == 2 and "resumed from" in log and "eval epoch 2 iter 14" in log
+    assert "resume: config changed since epoch_1.pdckpt: Global.epochs: 1 -> 2" in log
+
+
+def test_train_log_gets_plain_lines_when_the_terminal_gets_a_bar(tiny_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _main(tiny_config, out, "Global.epochs=1", "Global.progress=rich") == 0
+    shown = capsys.readouterr().out
+    assert "━" in shown and "Training finished" in shown  # the bar and the table on the "terminal"
+    log = (out / "train.log").read_text()
+    assert "epoch 1 iter 2/7 loss" in log and "eval epoch 1 iter 7: top1" in log and "done: epochs 1" in log
+    assert "━" not in log and "\x1b" not in log and "Training finished" not in log
+
+
+def test_an_error_during_training_is_in_train_log(tiny_config, tmp_path, capsys):
+    """A diverged run stops with one line, on the terminal and in the log."""
+    out = tmp_path / "run"
+    assert _main(tiny_config, out, "LRScheduler.learning_rate=1e6", "LRScheduler.warmup_epoch=0") == 2
+    err = capsys.readouterr().err
+    assert "loss became non-finite" in err
+    assert err.strip() in (out / "train.log").read_text()
