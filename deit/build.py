@@ -28,6 +28,7 @@ from hooks.nan_guard import NanGuard
 from hooks.progress import Progress
 from hooks.run_directory import RunDirectory
 from hooks.train_meter import TrainMeter
+from hooks.visualdl import VisualDL
 
 from .data.datasets import ImageFolder, ImageNetDataset
 from .data.demo import ensure_demo_dataset
@@ -241,6 +242,9 @@ def build_training(cfg):
     g, amp = cfg["Global"], cfg["FP16"]
     check_config(cfg)
     setup_runtime(cfg)
+    if not cfg["DistributedStrategy"]["data_parallel"] and dist.world_size() > 1:
+        raise SetupError("DistributedStrategy.data_parallel is false, but data parallel is the only "
+                         "strategy for a launch of several processes: set it to true")
     train_loader = build_train_loader(cfg)
     eval_loader = build_eval_loader(cfg) if g["eval_during_train"] else None
     batch = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
@@ -287,6 +291,8 @@ def build_training(cfg):
     hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule), checkpoint,
               MetricsLog(run_dir.file("metrics.jsonl")), Progress(g["progress"], log=run_dir.log_line),
               DataHealth(train_loader.dataset)]
+    if g["use_visualdl"]:
+        hooks.append(VisualDL(run_dir.file("vdl")))
     if eval_loader is not None:
         eval_loss = build_loss(cfg["Loss"]["Eval"], "Loss.Eval")
         evaluate = partial(Evaluate, loader=eval_loader, loss_fn=eval_loss, interval=g["eval_interval"],

@@ -92,3 +92,31 @@ def test_missing_paddle_is_one_line_naming_the_wheels(tiny_config, monkeypatch, 
     assert run.main(["-c", tiny_config]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install paddlepaddle" in err and "paddlepaddle-gpu" in err
+
+
+def test_visualdl_curves_read_back_with_visualdls_own_reader(tiny_config):
+    visualdl = pytest.importorskip("visualdl")  # in the test extra: CI has it
+    import glob
+    out = _out(tiny_config)
+    assert run.main(["-c", tiny_config, "-o", "Global.use_visualdl=true"]) == 0
+    files = glob.glob(os.path.join(out, "vdl", "vdlrecords.*.log"))
+    assert len(files) == 1
+    reader = visualdl.LogReader(file_path=files[0])
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    train = [r for r in rows if r["event"] == "train"]
+    evals = [r for r in rows if r["event"] == "eval"]
+
+    def curve(tag):
+        return [(p.id, p.value) for p in reader.get_data("scalar", tag)]
+
+    assert curve("train/loss") == [(r["iteration"], pytest.approx(r["loss"], rel=1e-6)) for r in train]
+    assert curve("train/lr") == [(r["iteration"], pytest.approx(r["lr"], rel=1e-6)) for r in train]
+    assert curve("eval/top1") == [(r["iteration"], pytest.approx(r["top1"], rel=1e-6)) for r in evals]
+
+
+def test_use_visualdl_without_the_package_is_one_line(tiny_config, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "visualdl", None)
+    assert run.main(["-c", tiny_config, "-o", "Global.use_visualdl=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install visualdl" in err
+    assert not os.path.exists(_out(tiny_config))

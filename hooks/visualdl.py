@@ -1,0 +1,54 @@
+"""VisualDL curves, PLSC's `Global.use_visualdl`: scalars under `{output_dir}/vdl` (rank 0).
+
+train/loss, train/lr, train/img_per_s (and train/loss_scale with float16 loss scaling) at each
+report; {eval,eval_ema}/top1, top5 and loss at each evaluation; the x axis is the optimizer
+step. `visualdl --logdir OUTPUT_DIR/vdl` shows them.
+"""
+from engine import Hook, dist
+from engine.errors import UserError
+
+from .train_meter import fresh
+
+
+class VisualDL(Hook):
+    priority = 86  # after the train meter and evaluation have published their records
+
+    def __init__(self, logdir: str):
+        try:
+            from visualdl import LogWriter
+        except ImportError as exc:
+            raise UserError(f"Global.use_visualdl is true but visualdl cannot be imported ({exc}): "
+                            f"pip install visualdl (or this package's [visualdl] extra), or set "
+                            f"Global.use_visualdl: False") from None
+        self.logdir, self._writer_class, self.writer = logdir, LogWriter, None
+
+    def started(self, engine):
+        if dist.is_main():
+            self.writer = self._writer_class(logdir=self.logdir)
+
+    def iter_end(self, engine):
+        record = fresh(engine.state, "train")
+        if self.writer is None or record is None:
+            return
+        for key in ("loss", "lr", "img_per_s", "loss_scale"):
+            if record.get(key) is not None:
+                self.writer.add_scalar(tag=f"train/{key}", step=record["iteration"], value=float(record[key]))
+
+    def eval_end(self, engine):
+        record = engine.state.metrics["last_eval"]
+        if self.writer is not None:
+            for key in ("top1", "top5", "loss"):
+                if key in record:
+                    self.writer.add_scalar(tag=f"{record['event']}/{key}", step=record["iteration"],
+                                           value=float(record[key]))
+
+    def completed(self, engine):
+        self._close()
+
+    def exception(self, engine):
+        self._close()
+
+    def _close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
