@@ -32,14 +32,18 @@ def plot_run(output_dir: str, dest: str = None) -> str:
     train = [r for r in records if r["event"] == "train"]
     evals = [r for r in records if r["event"] == "eval"]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    panels = [(axes[0][0], "loss", train, "train loss"), (axes[0][1], "lr", train, "learning rate"),
+    panels = [(axes[0][0], "loss", train, "loss"), (axes[0][1], "lr", train, "learning rate"),
               (axes[1][1], "img_per_s", train, "train images/s")]
     for ax, key, rows, title in panels:
         points = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None]
         if points:
-            ax.plot(*zip(*points))
+            ax.plot(*zip(*points), label="train")
         ax.set_title(title)
         ax.set_xlabel("iteration")
+    eval_loss = [(r["iteration"], r["loss"]) for r in evals if "loss" in r]
+    if eval_loss:
+        axes[0][0].plot(*zip(*eval_loss), marker="o", label="eval")
+        axes[0][0].legend()
     ax = axes[1][0]
     for key in ("top1", "top5"):
         points = [(r["iteration"], r[key]) for r in evals if key in r]

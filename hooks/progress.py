@@ -4,7 +4,7 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from engine import Hook, dist
@@ -38,7 +38,7 @@ class Progress(Hook):
         if self.mode == "rich":
             self.bar = RichProgress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                                     BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                    TimeRemainingColumn(), console=self.console, transient=False)
+                                    TimeElapsedColumn(), console=self.console, transient=False)
             state = engine.state
             self.task = self.bar.add_task("train", total=state.iters_per_epoch, completed=state.epoch_iter,
                                           epoch=state.epoch, epochs=state.max_epochs, info="")
@@ -53,6 +53,9 @@ class Progress(Hook):
         if record:
             self._plain(f"epoch {record['epoch']} iter {record['epoch_iter']}/"
                         f"{engine.state.iters_per_epoch} " + _train_text(record))
+        state = engine.state
+        if state.iters_per_epoch and state.epoch_iter >= state.iters_per_epoch:
+            self._stop_bar()  # the epoch's bar is full: its evaluation prints below it
 
     def epoch_end(self, engine):
         self._stop_bar()
@@ -78,7 +81,7 @@ class Progress(Hook):
         ev, tr = state.metrics.get("eval", {}), state.metrics.get("train", {})
         summary = {"epochs": str(state.epoch), "steps": str(state.iteration),
                    "time": f"{time.perf_counter() - self.start_time:.1f} s",
-                   "train img/s": _fmt(tr.get("img_per_s"), ".1f")}
+                   "train img/s": _fmt(tr.get("img_per_s_run"), ".1f")}
         if ev:
             summary.update({"final top-1": f"{ev['top1']:.2%}",
                             "best top-1": f"{ev['best_top1']:.2%} (epoch {ev['best_epoch']})"})

@@ -18,6 +18,7 @@ class TrainMeter(Hook):
 
     def started(self, engine):
         self.steps_seen = 0
+        self.run_images, self.run_busy = 0, 0.0  # since this process started, warm-up excluded
         self._reset_timing()
         self.last_end = time.perf_counter()
 
@@ -56,6 +57,7 @@ class TrainMeter(Hook):
 
     def _record(self, state) -> dict:
         busy = self.data_time + self.step_time
+        self.run_images, self.run_busy = self.run_images + self.images, self.run_busy + busy
         per_step = busy / self.timed_steps if self.timed_steps else None
         remaining = (state.max_iterations or state.iteration) - state.iteration
         return {
@@ -64,6 +66,8 @@ class TrainMeter(Hook):
             "lr": state.metrics.get("lr"),
             "img_per_s": self.images * dist.world_size() / busy if busy and self.images else None,
             "img_per_s_per_device": self.images / busy if busy and self.images else None,
+            "img_per_s_run": (self.run_images * dist.world_size() / self.run_busy
+                              if self.run_busy and self.run_images else None),
             "data_fraction": self.data_time / busy if busy else None,
             "step_time": per_step,
             "eta_s": per_step * remaining if per_step is not None else None,

@@ -57,7 +57,7 @@ class CountSteps(Hook):
 '''
 
 # fields that measure the machine, not the training: they differ between any two runs
-TIMING = {"img_per_s", "img_per_s_per_device", "data_fraction", "step_time", "eta_s", "eval_time"}
+TIMING = {"img_per_s", "img_per_s_per_device", "img_per_s_run", "data_fraction", "step_time", "eta_s", "eval_time"}
 
 
 def write_hooks(directory) -> None:

@@ -90,3 +90,17 @@ def test_resume_from_latest_checkpoint_continues_counters(tiny_config):
     _train(tiny_config, "Global.epochs=2", "Global.checkpoint=auto")
     records = [json.loads(l) for l in open(os.path.join(_out(tiny_config), "metrics.jsonl"))]
     assert [r["iteration"] for r in records if r["event"] == "train"] == [2, 4, 6, 7, 9, 11, 13, 14]
+
+
+def test_the_summary_reports_the_runs_average_speed(tiny_config, capsys):
+    """The final img/s is over the whole run (warm-up excluded), not the last report window:
+    the image-weighted mean of the windows' speeds, derived from the rows themselves."""
+    _train(tiny_config, "Global.epochs=3")
+    printed = capsys.readouterr().out
+    rows = [json.loads(l) for l in open(os.path.join(_out(tiny_config), "metrics.jsonl")) if '"train"' in l]
+    last = rows[-1]
+    assert last["img_per_s_run"] is not None and f"train img/s {last['img_per_s_run']:.1f}" in printed
+    # total images / total busy time is a time-weighted mean of the windows' speeds
+    timed = [r for r in rows if r["img_per_s"]]
+    assert last["img_per_s_run"] != last["img_per_s"] or len(timed) == 1
+    assert min(r["img_per_s"] for r in timed) <= last["img_per_s_run"] <= max(r["img_per_s"] for r in timed)
