@@ -69,6 +69,8 @@ def main(argv=None, force_eval: bool = False) -> int:
     if argv[:1] == ["plot"]:
         return _plot(argv[1:])
     args = parse_args(argv)
+    from configs import find_config
+    args.config = find_config(args.config)  # a path, or the name of a bundled config
     _set_threads(args.config, args.override)
     try:
         _import_paddle_quietly()

@@ -28,7 +28,8 @@ class ConfigError(UserError):
 
 def load_config(path: str, overrides: Iterable[str] = (), schema: Optional[dict] = None) -> dict:
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path} (bundled configs, usable by name: "
+                          f"demo.yaml, plsc/DeiT_base_patch16_224_in1k_1n8c_dp_fp32.yaml, ...)")
     try:
         with open(path, encoding="utf-8") as f:
             cfg = yaml.safe_load(f)

@@ -120,3 +120,44 @@ def test_use_visualdl_without_the_package_is_one_line(tiny_config, monkeypatch, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install visualdl" in err
     assert not os.path.exists(_out(tiny_config))
+
+
+def test_a_bundled_config_is_found_by_name_from_any_directory(tmp_path, monkeypatch, capsys):
+    from configs import bundled, find_config
+    monkeypatch.chdir(tmp_path)
+    assert "demo.yaml" in bundled() and len([n for n in bundled() if n.startswith("plsc/")]) == 3
+    for name in ("demo.yaml", "demo", "configs/demo.yaml"):
+        assert find_config(name) == os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
+    assert run.main(["-c", "demo", "--dry-run", "-o", f"DataLoader.Train.dataset.image_root={tmp_path / 'd'}",
+                     "-o", f"DataLoader.Eval.dataset.image_root={tmp_path / 'd'}"]) == 0
+    assert "VisionTransformer" in capsys.readouterr().out
+    assert run.main(["-c", "nonexistent.yaml"]) == 2
+    assert "bundled configs, usable by name: demo.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_sdist_holds_its_tests_and_the_wheel_its_configs(tmp_path):
+    """What an sdist and `pip install .` ship."""
+    import shutil
+    import subprocess
+    import tarfile
+    import zipfile
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = tmp_path / "src"
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns(".git", ".venv*", "output", "*.egg-info", "build"))
+    result = subprocess.run([sys.executable, "-c", "from setuptools import build_meta as b; print(b.build_sdist('dist'))"],
+                            cwd=src, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sdist = result.stdout.split()[-1]
+    # the wheel as `pip install .` builds it: in an isolated environment, from pyproject.toml
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", "dist", "."],
+                            cwd=src, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    wheel = next(n for n in os.listdir(src / "dist") if n.endswith(".whl"))
+    names = tarfile.open(src / "dist" / sdist).getnames()
+    for wanted in ("LICENSE", "pytest.ini", "tests/test_resume_exact.py", "tests/fixtures/timm_deit_tiny.npz",
+                   "configs/demo.yaml", "configs/plsc/DeiT_base_patch16_224_in1k_1n8c_dp_fp32.yaml"):
+        assert any(n.endswith("/" + wanted) for n in names), wanted
+    files = zipfile.ZipFile(src / "dist" / wheel).namelist()
+    assert "configs/demo.yaml" in files and "configs/plsc/DeiT_base_patch16_224_in1k_2n16c_dp_fp16o2.yaml" in files
+    assert "run.py" in files and any(f.endswith("LICENSE") for f in files)
