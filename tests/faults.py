@@ -26,6 +26,14 @@ class SignalAt(Hook):
         if engine.state.iteration == self.step:
             os.kill(os.getpid(), self.signum)
 
+class TwiceAt(SignalAt):
+    """Two Ctrl-Cs during one step: the second means "stop now, without saving"."""
+    def _maybe_signal(self, engine):
+        if engine.state.iteration == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+
 class KillAt(SignalAt):
     """SIGKILL at `event` of step `step`; the default priority 1000 runs after the Checkpoint hook."""
     def __init__(self, step, event="iter_end", priority=1000):

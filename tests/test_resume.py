@@ -122,3 +122,14 @@ def test_checkpoint_of_another_world_size_is_refused(tiny_config, capsys):
     err = capsys.readouterr().err
     assert "saved by a run of 2 process(es) and this launch has 1" in err and "--nproc_per_node" in err
     assert open(os.path.join(out, "latest.txt")).read().strip() == "epoch_1.pdckpt"
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tiny_config, tmp_path, hooks_dir):
+    out = tmp_path / "run"
+    result = _cli(tiny_config, out, hooks_option("fault_hooks.TwiceAt: {step: 5}"), hooks_dir=hooks_dir)
+    assert result.returncode == 130, result.stderr
+    assert "Ctrl-C again to stop without saving" in result.stderr
+    assert "stopped without saving" in result.stderr and "Global.checkpoint=auto" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (out / "latest.txt").read_text().strip() == "step_3.pdckpt"  # nothing saved for step 5
+    assert not (out / "step_5.pdckpt").exists()
