@@ -76,7 +76,7 @@ class Engine:
 
     def run(self) -> State:
         state = self.state
-        state.should_stop = False
+        state.should_stop, state.exception = False, None
         try:
             self.fire(Events.STARTED)
             while (state.epoch < state.max_epochs or not state.epoch_ended) and not state.should_stop:
@@ -86,6 +86,8 @@ class Engine:
             state.exception = exc
             self._fire_exception()
             raise
+        finally:
+            self._fire_ended()
         return state
 
     def _run_epoch(self) -> None:
@@ -111,11 +113,27 @@ class Engine:
 
     def _fire_exception(self) -> None:
         """Every exception handler runs even if one of them fails; the first error wins."""
-        for hook in self._dispatch[Events.EXCEPTION]:
+        self._fire_all(Events.EXCEPTION)
+
+    def _fire_ended(self) -> None:
+        """Every ENDED handler runs even if one fails. During an error the first error wins;
+        after a clean run a failing handler's error is raised once all have run."""
+        first = self._fire_all(Events.ENDED)
+        if first is not None and self.state.exception is None:
+            raise first
+
+    def _fire_all(self, event: Events):
+        first = None
+        for hook in self._dispatch[event]:
             try:
-                hook.exception(self)
-            except Exception as inner:  # noqa: BLE001 - reported, original error re-raised
-                _note(self.state.exception, f"while handling it, {hook!r}.exception raised {inner!r}")
+                getattr(hook, event.value)(self)
+            except Exception as inner:  # noqa: BLE001 - reported; the others still run
+                if self.state.exception is not None:
+                    _note(self.state.exception, f"while handling it, {hook!r}.{event.value} raised {inner!r}")
+                elif first is None:
+                    _note(inner, f"raised by {hook!r} on {event.name}")
+                    first = inner
+        return first
 
     # ---- checkpointing ------------------------------------------------------------------
     def state_dict(self) -> dict:

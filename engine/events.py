@@ -14,3 +14,4 @@ class Events(str, Enum):
     EVAL_END = "eval_end"
     COMPLETED = "completed"
     EXCEPTION = "exception"
+    ENDED = "ended"          # always last, after COMPLETED or EXCEPTION: release what you hold

@@ -25,6 +25,10 @@ class Hook:
     def exception(self, engine):
         """Called on any error; the error is in `engine.state.exception` and is re-raised after."""
 
+    def ended(self, engine):
+        """Always called last, after COMPLETED or EXCEPTION (a `finally`): close files, stop
+        displays, restore signal handlers here, once."""
+
     def state_key(self) -> str:
         """Key of this hook's entry in a checkpoint; unique per engine."""
         return type(self).__name__

@@ -172,11 +172,10 @@ class Checkpoint(Hook):
             self._write(self.model.state_dict(), "best.pdparams")
 
     def completed(self, engine):
-        self._restore_signals()
         if self.run_dir.is_main:
             self._write(self.model.state_dict(), "final.pdparams")
 
-    def exception(self, engine):
+    def ended(self, engine):
         self._restore_signals()
 
     # ---- saving -----------------------------------------------------------------------

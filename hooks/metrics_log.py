@@ -62,13 +62,7 @@ class MetricsLog(Hook):
     def load_state_dict(self, state):
         self.resume_at = state.get("bytes")
 
-    def completed(self, engine):
-        self._close()
-
-    def exception(self, engine):
-        self._close()
-
-    def _close(self):
+    def ended(self, engine):
         if self.file is not None:
             self.file.close()
             self.file = None

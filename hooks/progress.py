@@ -74,7 +74,7 @@ class Progress(Hook):
                 "best top-1": f"{rec['best_top1']:.2%} (epoch {rec['best_epoch']})"}))
 
     def completed(self, engine):
-        self._stop_bar()
+        self._stop_bar()  # the table goes below the last bar
         if self.mode == "off":
             return
         state = engine.state
@@ -96,7 +96,7 @@ class Progress(Hook):
         elif self.mode == "rich" and self.log is not None:
             self.log(line)
 
-    def exception(self, engine):
+    def ended(self, engine):
         self._stop_bar()
 
     def _stop_bar(self):

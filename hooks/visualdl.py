@@ -42,13 +42,7 @@ class VisualDL(Hook):
                     self.writer.add_scalar(tag=f"{record['event']}/{key}", step=record["iteration"],
                                            value=float(record[key]))
 
-    def completed(self, engine):
-        self._close()
-
-    def exception(self, engine):
-        self._close()
-
-    def _close(self):
+    def ended(self, engine):
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -35,7 +35,7 @@ def test_event_order_and_counters():
     engine.run()
     names = [e[0] for e in log]
     per_iter = ["iter_start", "after_backward", "iter_end"]
-    assert names == (["started"] + (["epoch_start"] + per_iter * 2 + ["epoch_end"]) * 2 + ["completed"])
+    assert names == (["started"] + (["epoch_start"] + per_iter * 2 + ["epoch_end"]) * 2 + ["completed", "ended"])
     # counters are incremented before START events: at ITER_END, iteration == completed steps
     assert [e[1:] for e in log if e[0] == "iter_end"] == [(1, 1, 1), (1, 2, 2), (2, 3, 1), (2, 4, 2)]
     assert [e[1:] for e in log if e[0] == "epoch_start"] == [(1, 0, 0), (2, 2, 0)]
@@ -49,7 +49,7 @@ def test_terminate_ends_after_current_iteration_and_still_fires_epoch_end_and_co
     engine.on(Events.ITER_END, lambda e: e.terminate() if e.state.iteration == 2 else None)
     engine.run()
     names = [e[0] for e in log]
-    assert names[-3:] == ["iter_end", "epoch_end", "completed"]
+    assert names[-4:] == ["iter_end", "epoch_end", "completed", "ended"]
     assert names.count("iter_start") == 2
     assert engine.state.epoch == 1 and engine.state.iteration == 2
 
@@ -74,7 +74,7 @@ def test_exception_fires_every_handler_then_propagates_naming_the_hook():
     with pytest.raises(RuntimeError, match="boom") as info:
         engine.run()
     names = [e[0] for e in log]
-    assert "completed" not in names and names[-1] == "exception"
+    assert "completed" not in names and names[-2:] == ["exception", "ended"]
     assert second == ["RuntimeError"]  # ran although BadHandler's handler raised before it
     notes = " ".join(getattr(info.value, "__notes__", []))
     if hasattr(info.value, "add_note"):
@@ -223,3 +223,52 @@ def test_terminate_ends_the_epoch_and_epoch_end_fires_once():
     engine.run()
     assert [e[:2] for e in log if e[0] == "epoch_end"] == [("epoch_end", 1), ("epoch_end", 2)]
     assert engine.state.position() == {"epoch": 2, "iteration": 4, "epoch_iter": 1, "epoch_ended": True}
+
+
+class Closer(Hook):
+    def __init__(self, log, fail=False):
+        self.log, self.fail = log, fail
+
+    def state_key(self):
+        return f"Closer:{id(self)}"
+
+    def ended(self, engine):
+        self.log.append("ended")
+        if self.fail:
+            raise OSError("could not close")
+
+
+def test_ended_fires_once_last_after_success_and_after_an_error():
+    log = []
+    engine = Engine(_step, [1, 2], max_epochs=1)
+    engine.register(Closer(log))
+    engine.register(Recorder(log))
+    engine.run()
+    assert [e if isinstance(e, str) else e[0] for e in log][-3:] == ["completed", "ended", "ended"]
+
+    log.clear()
+    failing = Engine(_step, [1, 2], max_epochs=1)
+    failing.register(Closer(log))
+    failing.on(Events.ITER_END, lambda e: (_ for _ in ()).throw(ValueError("boom")))
+    with pytest.raises(ValueError, match="boom"):
+        failing.run()
+    assert log == ["ended"]
+
+
+def test_a_failing_ended_handler_neither_masks_the_error_nor_stops_the_others():
+    log = []
+    engine = Engine(_step, [1], max_epochs=1)
+    engine.register(Closer(log, fail=True))
+    engine.register(Closer(log))
+    engine.on(Events.ITER_END, lambda e: (_ for _ in ()).throw(ValueError("boom")))
+    with pytest.raises(ValueError, match="boom") as info:
+        engine.run()
+    assert log == ["ended", "ended"]
+    assert any("could not close" in note for note in getattr(info.value, "__notes__", []))
+    clean = Engine(_step, [1], max_epochs=1)
+    log.clear()
+    clean.register(Closer(log, fail=True))
+    clean.register(Closer(log))
+    with pytest.raises(OSError, match="could not close"):
+        clean.run()
+    assert log == ["ended", "ended"]
