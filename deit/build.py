@@ -187,15 +187,15 @@ def import_hook(dotted: str, kwargs: dict, where: str = "Hooks") -> Hook:
         found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Hook) and v is not Hook)
         raise SetupError(f"{where}: {module_name} has no Hook class {cls_name!r}"
                          f"{' (it has: ' + ', '.join(found) + ')' if found else ''}; a hook subclasses engine.Hook")
-    params = inspect.signature(cls).parameters
-    if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    signature = inspect.signature(cls)
+    if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
         for key in kwargs:
-            if key not in params:
-                raise unknown(f"argument of {dotted} in {where}", key, list(params))
+            if key not in signature.parameters:
+                raise unknown(f"argument of {dotted} in {where}", key, list(signature.parameters))
     try:
-        inspect.signature(cls).bind(**kwargs)
+        signature.bind(**kwargs)
     except TypeError as exc:
-        raise SetupError(f"{where}: {dotted}: {exc} (its arguments: {inspect.signature(cls)})") from None
+        raise SetupError(f"{where}: {dotted}: {exc} (its arguments: {signature})") from None
     try:
         return cls(**kwargs)
     except Exception as exc:  # noqa: BLE001 - the hook's own check of its arguments

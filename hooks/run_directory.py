@@ -169,10 +169,14 @@ class RunDirectory:
             self._log = None
 
     def log_line(self, text: str) -> None:
-        """Write to train.log only (for what the terminal shows as something else, a bar)."""
-        if self._log is not None:
+        """Write a line to train.log only (for what the terminal shows as something else, a bar)."""
+        self.append_to_log(text if text.endswith("\n") else text + "\n")
+
+    def append_to_log(self, text: str) -> None:
+        """Append to train.log, escape sequences dropped; a no-op when no log is open."""
+        if self._log is not None and text:
             try:
-                self._log.write(_ANSI.sub("", text) + ("" if text.endswith("\n") else "\n"))
+                self._log.write(_ANSI.sub("", text))
                 self._log.flush()
             except OSError:
                 self._log = None  # a full disk: the run goes on, the checkpoint says the rest
@@ -202,12 +206,7 @@ class _Tee:
 
     def write(self, text: str) -> int:
         self.stream.write(text)
-        if self.run_dir._log is not None and text:
-            try:
-                self.run_dir._log.write(_ANSI.sub("", text))
-                self.run_dir._log.flush()
-            except OSError:
-                self.run_dir._log = None
+        self.run_dir.append_to_log(text)
         return len(text)
 
     def flush(self) -> None:
