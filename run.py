@@ -1,12 +1,14 @@
 """Train or evaluate a DeiT / ViT classifier from a PLSC-style YAML config.
 
-    python run.py --config configs/demo.yaml [-o Section.key=value ...] [--eval|--export|--dry-run]
+    python run.py --config configs/demo.yaml [-o Section.key=value ...] [--eval|--export|--predict|--dry-run]
     python run.py plot OUTPUT_DIR          # PNG curves from OUTPUT_DIR/metrics.jsonl
 """
 MODES = """modes:
   %(prog)s -c CONFIG [-o KEY=VALUE ...]            train (resume with -o Global.checkpoint=auto)
   %(prog)s -c CONFIG --eval [-o ...]               evaluate Global.pretrained_model or Global.checkpoint
   %(prog)s -c CONFIG --export [-o ...]             export an inference model
+  %(prog)s -c CONFIG --predict -o Infer.infer_imgs=PATH [-o ...]
+                                                   top-k classes of images (eager or exported model)
   %(prog)s -c CONFIG --dry-run [-o ...]            build everything, print the hooks, do not train
   %(prog)s plot OUTPUT_DIR                         PNG curves from OUTPUT_DIR/metrics.jsonl
 """
@@ -59,6 +61,9 @@ def parse_args(argv):
     p.add_argument("--export", action="store_true", help="export Global.pretrained_model as a "
                    "Paddle inference model (Export.input_shape) to Export.save_path or "
                    "OUTPUT_DIR/inference")
+    p.add_argument("--predict", action="store_true", help="classify Infer.infer_imgs (an image, a "
+                   "folder or a .txt list) with Global.pretrained_model, Global.checkpoint, or the "
+                   "exported Infer.inference_model through Paddle Inference")
     p.add_argument("--dry-run", action="store_true", help="build everything, print the hooks per "
                    "event in firing order, and exit without training")
     return p.parse_args(argv)
@@ -89,6 +94,8 @@ def main(argv=None, force_eval: bool = False) -> int:
             return _evaluate(cfg)
         if args.export:
             return _export(cfg)
+        if args.predict:
+            return _predict(cfg)
         return _train(cfg, args.dry_run)
     except (ConfigError, UserError, EngineUserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -186,7 +193,7 @@ def _plot(argv) -> int:
 
 def _export(cfg) -> int:
     from deit.build import build_model, load_pretrained, setup_runtime
-    from deit.errors import SetupError
+    from deit.errors import SetupError, paddle_message
     from deit.export import export_inference
     weights = cfg["Global"]["pretrained_model"]
     if not weights:
@@ -203,8 +210,7 @@ def _export(cfg) -> int:
     try:
         export_inference(model, shape, dest)
     except Exception as exc:  # noqa: BLE001 - tracing or writing: one line, the cause kept
-        raise SetupError(f"--export to {dest} failed: {type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0][:300]}") from None
+        raise SetupError(f"--export to {dest} failed: {type(exc).__name__}: {paddle_message(exc)}") from None
     print(f"exported {weights} to {dest}.json / {dest}.pdiparams (input {shape})")
     return 0
 
@@ -212,32 +218,13 @@ def _export(cfg) -> int:
 def _evaluate(cfg) -> int:
     from rich.console import Console
     from rich.table import Table
-    from deit.build import build_eval_loader, build_loss, build_model, load_pretrained, setup_runtime, _topk
-    from deit.errors import SetupError
+    from deit.build import build_eval_loader, build_loss, build_model, load_trained_weights, setup_runtime, _topk
     from deit.evaluate import evaluate_sums, sums_to_metrics
-    from deit.pretrained import shape_problems
     from engine import dist
-    from engine.errors import CheckpointError
-    from hooks.checkpoint import read_checkpoint
-    from hooks.run_directory import RunDirectory
-    weights, ckpt = cfg["Global"]["pretrained_model"], cfg["Global"]["checkpoint"]
-    if not weights and ckpt == "auto":
-        run_dir = RunDirectory(cfg["Global"]["output_dir"])
-        latest = run_dir.latest()
-        ckpt = run_dir.file(latest) if latest else None
-    elif not weights and ckpt and not os.path.isfile(ckpt):
-        raise CheckpointError(f"Global.checkpoint: {ckpt} does not exist")
-    if not weights and not ckpt:
-        raise SetupError("--eval needs weights: set -o Global.pretrained_model=PATH_PREFIX "
-                         "(a .pdparams file, e.g. output/final) or -o Global.checkpoint=PATH.pdckpt|auto")
     setup_runtime(cfg)
     loader = build_eval_loader(cfg)
     model = build_model(cfg["Model"])
-    if weights:
-        load_pretrained(model, weights)
-    else:
-        model.set_state_dict(read_checkpoint(ckpt, model, shape_problems, world_size=None)["model"])
-        weights = ckpt
+    weights = load_trained_weights(cfg, model, "--eval")
     metrics = sums_to_metrics(dist.all_reduce_sums(
         evaluate_sums(model, loader, build_loss(cfg["Loss"]["Eval"], "Loss.Eval"), _topk(cfg))))
     if dist.is_main():
@@ -249,6 +236,48 @@ def _evaluate(cfg) -> int:
                 table.add_row(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))
         Console().print(table)
     return 0
+
+
+def _predict(cfg) -> int:
+    """Top-k classes per image: a table (or JSON lines with Infer.format=jsonl) on stdout, and
+    JSON lines in Infer.save_path when set. Exit 1 when some image could not be read."""
+    import json
+    from deit.build import build_predictor
+    from deit.predict import predict
+    from engine.files import atomic_write_text
+    infer = cfg["Infer"]
+    runner, weights, transform, files, names = build_predictor(cfg)
+    records = list(predict(files, transform, runner, infer["batch_size"], infer["PostProcess"]["topk"], names))
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    if infer["format"] == "jsonl":
+        print("\n".join(lines))
+    else:
+        _print_predictions(records, f"{len(files)} image(s), {weights} ({runner.name})")
+    if infer["save_path"]:
+        os.makedirs(os.path.dirname(os.path.abspath(infer["save_path"])), exist_ok=True)
+        atomic_write_text(infer["save_path"], "".join(line + "\n" for line in lines))
+    failed = [r for r in records if "error" in r]
+    for r in failed:
+        print(f"warning: {r['file_name']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _print_predictions(records, title) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=title)
+    for column in ("image", "top-1", "score", "top-k"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        shown_path = os.path.relpath(r["file_name"])
+        shown_path = r["file_name"] if shown_path.startswith("..") else shown_path
+        if "error" in r:
+            table.add_row(shown_path, "-", "-", r["error"])
+            continue
+        shown = r.get("label_names") or [str(i) for i in r["class_ids"]]
+        top_k = ", ".join(f"{name} {score:.3f}" for name, score in zip(shown, r["scores"]))
+        table.add_row(shown_path, shown[0], f"{r['scores'][0]:.3f}", top_k)
+    Console().print(table)
 
 
 if __name__ == "__main__":

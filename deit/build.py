@@ -17,7 +17,7 @@ import paddle
 
 from engine import Engine, Hook, dist
 from engine.serialization import load_restricted
-from hooks.checkpoint import Checkpoint
+from hooks.checkpoint import Checkpoint, read_checkpoint
 from hooks.data_health import DataHealth
 from hooks.ema import EMA
 from hooks.evaluate import Evaluate
@@ -42,6 +42,7 @@ from .flops import model_macs
 from .loss import LOSSES
 from .model import FACTORIES, VisionTransformer
 from .optim import build_adamw
+from .predict import EagerModel, InferenceModel, list_images, read_class_names
 from .precision import Precision
 from .pretrained import fit_state_dict, shape_problems
 from .schedule import TimmCosine
@@ -226,6 +227,53 @@ def load_pretrained(model, prefix: str) -> None:
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in fitted.items()})
 
 
+def load_trained_weights(cfg, model, mode: str) -> str:
+    """The weights `--eval` / `--predict` run: Global.pretrained_model (a .pdparams prefix), or
+    Global.checkpoint (a .pdckpt, or `auto` for the newest in output_dir). Returns the path."""
+    weights, ckpt = cfg["Global"]["pretrained_model"], cfg["Global"]["checkpoint"]
+    if weights:
+        load_pretrained(model, weights)
+        return weights
+    if ckpt == "auto":
+        run_dir = RunDirectory(cfg["Global"]["output_dir"])
+        latest = run_dir.latest()
+        ckpt = run_dir.file(latest) if latest else None
+    elif ckpt and not os.path.isfile(ckpt):
+        raise CheckpointError(f"Global.checkpoint: {ckpt} does not exist")
+    if not ckpt:
+        raise SetupError(f"{mode} needs weights: set -o Global.pretrained_model=PATH_PREFIX (a .pdparams "
+                         f"file, e.g. output/final) or -o Global.checkpoint=PATH.pdckpt|auto")
+    model.set_state_dict(read_checkpoint(ckpt, model, shape_problems, world_size=None)["model"])
+    return ckpt
+
+
+def build_predictor(cfg):
+    """`--predict`: (model runner, weights, transform, image files, class names) from the
+    `Infer` section. The runner is Paddle Inference on Infer.inference_model when set, else the
+    eager model with trained weights; both map an (N, 3, H, W) float32 batch to logits."""
+    infer, m = cfg["Infer"], cfg["Model"]
+    if not infer["infer_imgs"]:
+        raise SetupError("--predict needs images: set -o Infer.infer_imgs=PATH (an image, a folder of "
+                         "images, or a .txt list of them)")
+    files = list_images(infer["infer_imgs"])
+    names = read_class_names(infer["PostProcess"]["class_id_map_file"], m["class_num"])
+    ops, key = infer["transforms"], "Infer.transforms"
+    if not ops:
+        ops, key = cfg["DataLoader"]["Eval"]["dataset"]["transform_ops"], "DataLoader.Eval.dataset.transform_ops"
+    transform = build_transforms(ops)
+    setup_runtime(cfg)
+    if infer["inference_model"]:
+        runner = InferenceModel(infer["inference_model"], cfg["Global"]["device"],
+                                int(os.environ.get("OMP_NUM_THREADS", "0") or 0))
+        img_size, weights = None, infer["inference_model"]  # the predictor names a wrong size
+    else:
+        model = build_model(m)
+        weights = load_trained_weights(cfg, model, "--predict")
+        runner, img_size = EagerModel(model), model.img_size
+    check_pipeline(transform, ops, img_size, key)
+    return runner, weights, transform, files, names
+
+
 # Config keys a resumed run may not change: the position in the epoch (which samples were
 # seen, the step count, the RNG streams) and the model's shapes are defined by them.
 RESUME_FIXED = (
@@ -255,7 +303,7 @@ def build_training(cfg):
     for loader, split in ((train_loader, "Train"), (eval_loader, "Eval")):
         if loader is not None:
             check_pipeline(loader.dataset.transform, cfg["DataLoader"][split]["dataset"]["transform_ops"],
-                           model.img_size, f"DataLoader.{split}")
+                           model.img_size, f"DataLoader.{split}.dataset.transform_ops")
     if g["pretrained_model"]:
         load_pretrained(model, g["pretrained_model"])
     o, s = cfg["Optimizer"], cfg["LRScheduler"]

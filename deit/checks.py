@@ -43,11 +43,12 @@ def _mix_class_nums(cfg):
                 yield f"{base}.{i}.{name}{'.' + sub if sub else ''}.class_num", args["class_num"]
 
 
-def check_pipeline(transform, ops, img_size: int, where: str) -> None:
+def check_pipeline(transform, ops, img_size: int, key: str) -> None:
     """Run the transforms once over a synthetic image: an op that fails, or a pipeline whose
-    output is not the model's 3 x img_size x img_size input, is named now, not at step 1."""
+    output is not the model's 3 x img_size x img_size input, is named now, not at step 1.
+    `img_size` None (a model whose size is unknown here) accepts any 3 x H x W."""
     rng = np.random.default_rng(0)
-    side = max(2 * img_size, 64)
+    side = max(2 * (img_size or 0), 64)
     img = Image.fromarray(rng.integers(0, 256, (side, side * 5 // 4, 3), dtype=np.uint8))
     out = img
     for i, (op, entry) in enumerate(zip(transform.ops, ops)):
@@ -55,11 +56,13 @@ def check_pipeline(transform, ops, img_size: int, where: str) -> None:
             out = op(out, rng)
         except Exception as exc:  # noqa: BLE001 - any failure here is a config problem
             name = next(iter(entry))
-            raise SetupError(f"{where}.dataset.transform_ops.{i}.{name} fails on an image: "
+            raise SetupError(f"{key}.{i}.{name} fails on an image: "
                              f"{type(exc).__name__}: {exc}") from None
     shape = tuple(getattr(out, "shape", ()))
+    if img_size is None and len(shape) == 3 and shape[0] == 3:  # any size: the model says later
+        return
     if shape != (3, img_size, img_size):
         got = "x".join(map(str, shape)) if shape else f"a {type(out).__name__}"
-        raise SetupError(f"{where}.dataset.transform_ops turn an image into {got}, the model takes "
+        raise SetupError(f"{key} turn an image into {got}, the model takes "
                          f"3x{img_size}x{img_size} (Model.img_size or the model's name): crop to "
                          f"{img_size} and end with NormalizeImage and ToCHWImage")

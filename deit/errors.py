@@ -27,3 +27,11 @@ def unknown(kind: str, name: str, known) -> SetupError:
 
 class TrainingDiverged(UserError):
     """A non-finite loss in full precision: the run stops before anything is saved."""
+
+
+def paddle_message(exc: Exception, limit: int = 300) -> str:
+    """The one informative line of a Paddle C++ error, which starts with 'In user code:' and
+    ends with hints: the first line that names an error, else the first non-empty line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "Error" in line.split(":", 1)[0]]
+    return ((named or lines or [type(exc).__name__])[0])[:limit]

@@ -137,5 +137,18 @@ SCHEMA = {
         "input_shape": ("list?", None),                 # null: [None, 3, img, img] of the model
         "save_path": ("str?", None),                    # ours
     },
+    "Infer": {                                          # PaddleClas's section, for --predict
+        "infer_imgs": ("str?", None),                   # an image, a folder or a .txt list
+        "batch_size": ("int", 10, ">=1"),
+        "transforms": {"*ops": TRANSFORM_OPS},          # empty: DataLoader.Eval's transform_ops
+        "PostProcess": {
+            "name": (("Topk",), "Topk"),
+            "topk": ("int", 5, ">=1"),
+            "class_id_map_file": ("str?", None),
+        },
+        "inference_model": ("str?", None),              # ours: an exported PREFIX, run by Paddle Inference
+        "format": (("table", "jsonl"), "table"),        # ours: what --predict prints
+        "save_path": ("str?", None),                    # ours: also write JSON lines here
+    },
     "Hooks": "ops",
 }

@@ -1,7 +1,8 @@
 """The demo dataset: ten stripe-texture classes, generated deterministically on first use.
 
 Written as JPEGs in PLSC's list-file layout (`train_list.txt`, `val_list.txt` of
-`relative/path label` lines) under a cache directory, so the demo needs no download and
+`relative/path label` lines, and the class names in `label_list.txt` for `--predict`) under a
+cache directory, so the demo needs no download and
 exercises the same ImageNetDataset code path as a real run.
 """
 import errno
@@ -44,7 +45,7 @@ def _draw(label: int, rng) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-GENERATED = {"train", "val", "train_list.txt", "val_list.txt", "COMPLETE"}
+GENERATED = {"train", "val", "train_list.txt", "val_list.txt", "label_list.txt", "COMPLETE"}
 
 
 def ensure_demo_dataset(root: str = None, train_per_class: int = 400, val_per_class: int = 100,
@@ -57,7 +58,7 @@ def ensure_demo_dataset(root: str = None, train_per_class: int = 400, val_per_cl
     (your own images, say) is refused, never replaced.
     """
     root = root or default_cache_dir()
-    tag = f"{train_per_class}-{val_per_class}-{seed}"
+    tag = f"v2-{train_per_class}-{val_per_class}-{seed}"  # v2: with label_list.txt
     if _stamp(root) == tag:
         return root
     replace = _check_writable_root(root)
@@ -113,6 +114,8 @@ def _generate(tmp: str, train_per_class: int, val_per_class: int, seed: int, tag
                 lines.append(f"{rel} {label}\n")
         with open(os.path.join(tmp, f"{split}_list.txt"), "w") as f:
             f.writelines(lines)
+    with open(os.path.join(tmp, "label_list.txt"), "w") as f:  # PaddleClas's class_id_map_file
+        f.writelines(f"{label} {name}\n" for label, name in enumerate(CLASSES))
     with open(os.path.join(tmp, "COMPLETE"), "w") as f:
         f.write(tag + "\n")
 

@@ -1,0 +1,164 @@
+"""Classify images: PaddleClas's `Infer` section (images in, top-k classes out).
+
+Two ways to run the model, with the same inputs and outputs: the eager model with trained
+weights, or an exported inference model through Paddle Inference (the deployment path).
+"""
+import os
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+from PIL import Image
+
+from .data.datasets import IMG_EXTENSIONS, UNREADABLE
+from .errors import DataError, SetupError, paddle_message
+
+
+def list_images(spec: str) -> List[str]:
+    """`Infer.infer_imgs`: an image, a directory of images (sorted, not recursive), a list
+    file (`.txt`: one image per line; a trailing integer label is ignored; relative paths are
+    relative to the list file). A leading `~` is your home directory."""
+    spec = os.path.expanduser(spec)
+    if os.path.isdir(spec):
+        found = sorted(os.path.join(spec, n) for n in os.listdir(spec) if n.lower().endswith(_EXTS))
+        if not found:
+            raise DataError(f"Infer.infer_imgs: {spec} holds no images ({', '.join(_EXTS)})")
+        return found
+    if not os.path.isfile(spec):
+        raise DataError(f"Infer.infer_imgs: {spec} does not exist")
+    if spec.lower().endswith(".txt"):
+        return _read_list(spec)
+    return [spec]
+
+
+_EXTS = tuple(sorted({e.lower() for e in IMG_EXTENSIONS}))
+
+
+def _read_list(path: str) -> List[str]:
+    base = os.path.dirname(os.path.abspath(path))
+    images = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(maxsplit=1)
+            name = parts[0] if len(parts) == 2 and parts[1].lstrip("-").isdigit() else line
+            full = name if os.path.isabs(name) else os.path.join(base, name)
+            if not os.path.isfile(full):
+                raise DataError(f"{path}:{lineno}: image {full} does not exist")
+            images.append(full)
+    if not images:
+        raise DataError(f"Infer.infer_imgs: {path} lists no images")
+    return images
+
+
+def read_class_names(path: Optional[str], class_num: int) -> Dict[int, str]:
+    """PaddleClas's `class_id_map_file`: `ID NAME...` per line (`0 tench, Tinca tinca`)."""
+    if not path:
+        return {}
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise DataError(f"Infer.PostProcess.class_id_map_file: {path} does not exist")
+    names = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.strip().split(maxsplit=1)
+            if len(parts) != 2 or not parts[0].isdigit():
+                raise DataError(f"{path}:{lineno}: expected 'class_id name', got {line.strip()!r}")
+            if int(parts[0]) >= class_num:
+                raise DataError(f"{path}:{lineno}: class id {parts[0]} is not below "
+                                f"Model.class_num={class_num}")
+            names[int(parts[0])] = parts[1]
+    return names
+
+
+class EagerModel:
+    """The trained model as Paddle runs it in training: `images (N,3,H,W) -> logits`."""
+
+    name = "eager"
+
+    def __init__(self, model):
+        import paddle
+        self._paddle = paddle
+        self.model = model
+        model.eval()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        with self._paddle.no_grad():
+            return self.model(self._paddle.to_tensor(images)).astype("float32").numpy()
+
+
+class InferenceModel:
+    """An exported model (`PREFIX.json` + `PREFIX.pdiparams`) run by Paddle Inference."""
+
+    name = "paddle.inference"
+
+    def __init__(self, prefix: str, device: str = "cpu", threads: int = 0):
+        from paddle import inference
+        model_file = next((prefix + ext for ext in (".json", ".pdmodel") if os.path.isfile(prefix + ext)), None)
+        if model_file is None or not os.path.isfile(prefix + ".pdiparams"):
+            raise SetupError(f"Infer.inference_model: no exported model at {prefix} (.json or .pdmodel "
+                             f"with .pdiparams): export one with --export")
+        config = inference.Config(model_file, prefix + ".pdiparams")
+        if device == "gpu":
+            config.enable_use_gpu(256, 0)
+        else:
+            config.disable_gpu()
+            config.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
+        config.disable_glog_info()
+        try:
+            self.predictor = inference.create_predictor(config)
+        except Exception as exc:  # noqa: BLE001 - a file Paddle cannot read: one line
+            raise SetupError(f"Infer.inference_model: Paddle Inference cannot load {model_file}: "
+                             f"{paddle_message(exc)}") from None
+        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+        self.prefix = prefix
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.input.reshape(list(images.shape))
+        self.input.copy_from_cpu(np.ascontiguousarray(images, dtype=np.float32))
+        try:
+            self.predictor.run()
+        except Exception as exc:  # noqa: BLE001 - most often images of another size than exported
+            raise SetupError(f"the exported model {self.prefix} fails on a batch of shape {list(images.shape)} "
+                             f"(export size and Infer.transforms must agree): "
+                             f"{paddle_message(exc)}") from None
+        return self.output.copy_to_cpu().astype(np.float32)
+
+
+def topk_records(logits: np.ndarray, files: List[str], k: int, names: Dict[int, str]) -> List[dict]:
+    """PaddleClas's Topk post-process: softmax scores of the k best classes per image."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    k = min(k, logits.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    records = []
+    for path, row, ids in zip(files, probs, order):
+        record = {"file_name": path, "class_ids": [int(i) for i in ids],
+                  "scores": [round(float(row[i]), 5) for i in ids]}
+        if names:
+            record["label_names"] = [names.get(int(i), "") for i in ids]
+        records.append(record)
+    return records
+
+
+def predict(files: List[str], transform, model, batch_size: int, k: int,
+            names: Dict[int, str]) -> Iterator[dict]:
+    """One record per file, in order. An unreadable image gets `{"file_name", "error"}` and the
+    rest go on: one bad file in a folder should not cost the others their answer."""
+    rng = np.random.default_rng(0)  # eval transforms draw nothing; kept for the op signature
+    for start in range(0, len(files), batch_size):
+        chunk, arrays, failed = files[start:start + batch_size], [], {}
+        for path in chunk:
+            try:
+                with Image.open(path) as im:
+                    arrays.append(transform(im.convert("RGB"), rng))
+            except UNREADABLE as exc:
+                failed[path] = f"unreadable image: {exc}"
+        good = [p for p in chunk if p not in failed]
+        records = iter(topk_records(model(np.stack(arrays)), good, k, names) if good else [])
+        for path in chunk:
+            yield {"file_name": path, "error": failed[path]} if path in failed else next(records)

@@ -1,0 +1,179 @@
+"""--predict: PaddleClas's Infer section, from trained weights and from the exported model."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+import run
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """A tiny demo model trained for 3 epochs and exported once for the module: (config, dir)."""
+    from tests.conftest import ROOT
+    work = tmp_path_factory.mktemp("predict")
+    with open(os.path.join(ROOT, "configs", "demo.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["Global"].update(output_dir=str(work / "out"), epochs=3, checkpoint=None, progress="off")
+    cfg["Model"].update(embed_dim=32, depth=2, num_heads=2)
+    cfg["LRScheduler"]["learning_rate"] = 3e-3
+    for split, name in (("Train", "train_list.txt"), ("Eval", "val_list.txt")):
+        section = cfg["DataLoader"][split]
+        section["dataset"].update(name="ImageNetDataset", image_root=tiny_dataset,
+                                  cls_label_path=os.path.join(tiny_dataset, name))
+        section["sampler"]["batch_size"] = 16
+        section["loader"]["num_workers"] = 0
+    cfg["Infer"]["PostProcess"]["class_id_map_file"] = os.path.join(tiny_dataset, "label_list.txt")
+    path = str(work / "tiny.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    out = str(work / "out")
+    assert run.main(["-c", path]) == 0
+    assert run.main(["-c", path, "--export", "-o", f"Global.pretrained_model={out}/final"]) == 0
+    return path, out
+
+
+def _predict(config, capsys, *overrides):
+    capsys.readouterr()
+    args = ["-c", config, "--predict", "-o", "Infer.format=jsonl"]
+    for item in overrides:
+        args += ["-o", item]
+    code = run.main(args)
+    captured = capsys.readouterr()
+    return code, [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")], captured.err
+
+
+def test_exported_model_through_paddle_inference_agrees_with_the_eager_model(trained, tiny_dataset, capsys):
+    config, out = trained
+    val = os.path.join(tiny_dataset, "val")
+    code, eager, _ = _predict(config, capsys, f"Infer.infer_imgs={val}", f"Global.pretrained_model={out}/final")
+    assert code == 0
+    code, deployed, _ = _predict(config, capsys, f"Infer.infer_imgs={val}",
+                                 f"Infer.inference_model={out}/inference")
+    assert code == 0
+    assert len(eager) == len(deployed) == len(os.listdir(val)) == 40
+    assert [r["file_name"] for r in eager] == [r["file_name"] for r in deployed] == sorted(
+        os.path.join(val, n) for n in os.listdir(val))
+    assert [r["class_ids"][0] for r in eager] == [r["class_ids"][0] for r in deployed]
+    margins = [r["scores"][0] - r["scores"][1] for r in eager]
+    assert len({r["class_ids"][0] for r in eager}) > 1 and min(margins) > 2e-5  # no tie decides it
+    np.testing.assert_allclose([r["scores"] for r in eager], [r["scores"] for r in deployed], atol=2e-5)
+
+
+def test_predictions_are_the_softmax_of_the_models_logits_and_agree_with_eval(trained, tiny_dataset, capsys):
+    """Outside references: numpy's softmax of the model's own logits on the eval pipeline, and
+    --eval's top-1 on the same list, which counts hits in its own code."""
+    import paddle
+    from deit.build import build_eval_loader, build_model
+    from deit.schema import SCHEMA
+    from engine.config import load_config
+    config, out = trained
+    val_list = os.path.join(tiny_dataset, "val_list.txt")
+    code, records, _ = _predict(config, capsys, f"Infer.infer_imgs={val_list}", f"Global.pretrained_model={out}/final",
+                                "Infer.PostProcess.topk=3")
+    assert code == 0 and all(len(r["class_ids"]) == 3 for r in records)
+    cfg = load_config(config, schema=SCHEMA)
+    model = build_model(cfg["Model"])
+    model.set_state_dict(paddle.load(os.path.join(out, "final.pdparams")))
+    model.eval()
+    dataset = build_eval_loader(cfg).dataset
+    images = np.stack([dataset[i][0] for i in range(len(dataset))])
+    logits = model(paddle.to_tensor(images)).numpy().astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    assert [r["file_name"] for r in records] == [path for path, _ in dataset.samples]
+    np.testing.assert_array_equal([r["class_ids"] for r in records], np.argsort(-probs, 1)[:, :3])
+    np.testing.assert_allclose([r["scores"] for r in records], np.sort(probs, 1)[:, ::-1][:, :3], atol=1e-5)
+    labels = np.array([label for _, label in dataset.samples])
+    top1 = float(np.mean([r["class_ids"][0] for r in records] == labels))
+    capsys.readouterr()
+    assert run.main(["-c", config, "--eval", "-o", f"Global.pretrained_model={out}/final"]) == 0
+    assert f"top1={top1:.6f}" in capsys.readouterr().out
+
+
+def test_names_come_from_the_class_id_map_file(trained, tiny_dataset, capsys):
+    from deit.data.demo import CLASSES
+    config, out = trained
+    image = os.path.join(tiny_dataset, "val", os.listdir(os.path.join(tiny_dataset, "val"))[0])
+    code, (record,), _ = _predict(config, capsys, f"Infer.infer_imgs={image}", f"Global.pretrained_model={out}/final")
+    assert code == 0 and record["file_name"] == image
+    assert record["label_names"] == [CLASSES[i] for i in record["class_ids"]]
+
+
+def test_table_output_and_a_json_lines_file(trained, tiny_dataset, tmp_path, capsys):
+    config, out = trained
+    image = sorted(os.listdir(os.path.join(tiny_dataset, "val")))[0]
+    shutil.copy(os.path.join(tiny_dataset, "val", image), tmp_path / "one.jpg")
+    saved = tmp_path / "preds" / "p.jsonl"
+    capsys.readouterr()
+    assert run.main(["-c", config, "--predict", "-o", f"Infer.infer_imgs={tmp_path}",
+                     "-o", f"Global.pretrained_model={out}/final", "-o", f"Infer.save_path={saved}"]) == 0
+    shown = capsys.readouterr().out
+    (record,) = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert record["file_name"] == str(tmp_path / "one.jpg")
+    assert "one.jpg" in shown and record["label_names"][0] in shown and "(eager)" in shown
+
+
+def test_a_training_checkpoint_works_too(trained, tiny_dataset, capsys):
+    config, out = trained
+    val = os.path.join(tiny_dataset, "val")
+    _, from_weights, _ = _predict(config, capsys, f"Infer.infer_imgs={val}", f"Global.pretrained_model={out}/final")
+    code, from_ckpt, _ = _predict(config, capsys, f"Infer.infer_imgs={val}", f"Global.output_dir={out}",
+                                  "Global.checkpoint=auto")
+    assert code == 0 and from_ckpt == from_weights  # the last checkpoint holds the final weights
+
+
+def test_an_unreadable_image_is_reported_and_the_others_still_answered(trained, tiny_dataset, tmp_path, capsys):
+    config, out = trained
+    good = sorted(os.listdir(os.path.join(tiny_dataset, "val")))[:3]
+    for name in good:
+        shutil.copy(os.path.join(tiny_dataset, "val", name), tmp_path / name)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    code, records, err = _predict(config, capsys, f"Infer.infer_imgs={tmp_path}", f"Global.pretrained_model={out}/final")
+    assert code == 1
+    assert [os.path.basename(r["file_name"]) for r in records] == sorted(good + ["broken.jpg"])
+    broken = next(r for r in records if r["file_name"].endswith("broken.jpg"))
+    assert "error" in broken and "class_ids" not in broken
+    assert sum("class_ids" in r for r in records) == 3
+    assert err.count("\n") == 1 and "broken.jpg" in err
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("Infer.infer_imgs=/nonexistent/img.jpg", "Infer.infer_imgs: /nonexistent/img.jpg does not exist"),
+    ("Infer.infer_imgs=EMPTY", "holds no images"),
+    ("Infer.infer_imgs=LIST", "missing.jpg does not exist"),
+    ("Infer.PostProcess.class_id_map_file=BADMAP", "badmap.txt:2: expected 'class_id name'"),
+    ("Infer.inference_model=/nonexistent/inference", "no exported model at /nonexistent/inference"),
+    ("Infer.transforms=[{ToCHWImage: {}}]", "Infer.transforms turn an image into 3x64x80, the model takes 3x32x32"),
+    ("Infer.PostProcess.topk=0", "Infer.PostProcess.topk"),
+    ("Infer.inference_model=EXPORTED -o Infer.transforms=[{ResizeImage: {size: 48}}, {NormalizeImage: "
+     "{scale: 0.1, mean: [0, 0, 0], std: [1, 1, 1]}}, {ToCHWImage: {}}]",
+     "fails on a batch of shape [10, 3, 48, 48] (export size and Infer.transforms must agree): "
+     "InvalidArgumentError: Broadcast dimension mismatch"),
+])
+def test_bad_input_is_one_line(trained, tiny_dataset, tmp_path, capsys, override, expected):
+    config, out = trained
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "list.txt").write_text(f"{tiny_dataset}/val/stripes_0deg_4px_00000.jpg 0\nmissing.jpg 3\n")
+    (tmp_path / "badmap.txt").write_text("0 first\nsecond\n")
+    override = (override.replace("EMPTY", str(tmp_path / "empty")).replace("LIST", str(tmp_path / "list.txt"))
+                .replace("BADMAP", str(tmp_path / "badmap.txt")).replace("EXPORTED", f"{out}/inference"))
+    image = os.path.join(tiny_dataset, "val_list.txt")
+    args = ["-c", config, "--predict", "-o", f"Infer.infer_imgs={image}", "-o", f"Global.pretrained_model={out}/final"]
+    capsys.readouterr()
+    assert run.main(args + ["-o"] + override.split(" -o ", 1)[:1] + (
+        ["-o", override.split(" -o ", 1)[1]] if " -o " in override else [])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
+def test_without_weights_or_images_says_what_to_set(trained, tiny_dataset, capsys):
+    config, _ = trained
+    capsys.readouterr()
+    assert run.main(["-c", config, "--predict"]) == 2
+    assert "set -o Infer.infer_imgs=PATH" in capsys.readouterr().err
+    assert run.main(["-c", config, "--predict", "-o", f"Infer.infer_imgs={tiny_dataset}/val"]) == 2
+    assert "--predict needs weights: set -o Global.pretrained_model" in capsys.readouterr().err
