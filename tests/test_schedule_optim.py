@@ -74,3 +74,17 @@ def test_adamw_decays_only_the_decay_group():
     for n, p in model.named_parameters():
         expected = before[n] if n in skip else before[n] * (1 - 0.1 * 0.5)
         np.testing.assert_allclose(p.numpy(), expected, rtol=1e-6, err_msg=n)
+
+
+@pytest.mark.parametrize("master, force_fp32, moment_dtype", [
+    (False, False, "float16"), (False, True, "float32"), (True, False, "float32"), (True, True, "float32")])
+def test_exp_avg_force_fp32_keeps_moments_of_fp16_parameters_in_fp32(master, force_fp32, moment_dtype):
+    """PLSC's rule: moments live on the fp32 master weights when there are any; without them
+    they take the parameter's dtype unless exp_avg_force_fp32. The accumulators are created as
+    on the first step (which cannot run here: Paddle has no fp16 matmul on CPU)."""
+    model = paddle.nn.Linear(4, 3)
+    model.to(dtype="float16")
+    opt = build_adamw(model, 1e-3, use_master_param=master, exp_avg_force_fp32=force_fp32)
+    opt._create_accumulators(paddle.static.default_main_program().global_block(), model.parameters())
+    moments = {k: v.dtype for k, v in opt.state_dict().items() if "moment" in k}
+    assert len(moments) == 4 and {str(d).split(".")[-1] for d in moments.values()} == {moment_dtype}
