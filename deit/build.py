@@ -337,7 +337,7 @@ def build_training(cfg):
                             facts={"training images": len(train_loader.dataset),
                                    "steps per epoch": len(train_loader)})
     hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule), checkpoint,
-              MetricsLog(run_dir.file("metrics.jsonl")), Progress(g["progress"], log=run_dir.log_line),
+              MetricsLog(run_dir.file("metrics.jsonl")), Progress(g["progress"], log=run_dir.append_to_log),
               DataHealth(train_loader.dataset)]
     if g["use_visualdl"]:
         hooks.append(VisualDL(run_dir.file("vdl")))

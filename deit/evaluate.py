@@ -5,8 +5,10 @@ import paddle
 
 
 @paddle.no_grad()
-def evaluate_sums(model, loader, loss_fn=None, topk=(1, 5), autocast=contextlib.nullcontext) -> dict:
+def evaluate_sums(model, loader, loss_fn=None, topk=(1, 5), autocast=contextlib.nullcontext,
+                  on_batch=None) -> dict:
     """Returns {'count', 'loss_sum', 'correct@k'...} as float64 sums over this process's data.
+    `on_batch()` is called after each batch (for a progress display).
 
     The model runs in eval mode under `autocast` (needed for an O2-cast model); logits, top-k
     and loss are computed in fp32. The previous train/eval mode is restored after."""
@@ -27,6 +29,8 @@ def evaluate_sums(model, loader, loss_fn=None, topk=(1, 5), autocast=contextlib.
             if loss_fn is not None:
                 sums["loss_sum"] += float(loss_fn(logits, labels)) * n
             sums["count"] += n
+            if on_batch is not None:
+                on_batch()
     finally:
         if was_training:
             model.train()

@@ -31,26 +31,29 @@ def plot_run(output_dir: str, dest: str = None) -> str:
     records = read_metrics(output_dir)
     train = [r for r in records if r["event"] == "train"]
     evals = [r for r in records if r["event"] == "eval"]
+    # epochs as the x axis (older files without `epochs_done`: iterations)
+    x_key = "epochs_done" if all("epochs_done" in r for r in train + evals) else "iteration"
+    x_label = "epoch" if x_key == "epochs_done" else "iteration"
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     panels = [(axes[0][0], "loss", train, "loss"), (axes[0][1], "lr", train, "learning rate"),
               (axes[1][1], "img_per_s", train, "train images/s")]
     for ax, key, rows, title in panels:
-        points = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None]
+        points = [(r[x_key], r[key]) for r in rows if r.get(key) is not None]
         if points:
             ax.plot(*zip(*points), label="train")
         ax.set_title(title)
-        ax.set_xlabel("iteration")
-    eval_loss = [(r["iteration"], r["loss"]) for r in evals if "loss" in r]
+        ax.set_xlabel(x_label)
+    eval_loss = [(r[x_key], r["loss"]) for r in evals if "loss" in r]
     if eval_loss:
         axes[0][0].plot(*zip(*eval_loss), marker="o", label="eval")
         axes[0][0].legend()
     ax = axes[1][0]
     for key in ("top1", "top5"):
-        points = [(r["iteration"], r[key]) for r in evals if key in r]
+        points = [(r[x_key], r[key]) for r in evals if key in r]
         if points:
             ax.plot(*zip(*points), marker="o", label=key)
     ax.set_title("eval accuracy")
-    ax.set_xlabel("iteration")
+    ax.set_xlabel(x_label)
     ax.legend()
     fig.tight_layout()
     dest = dest or os.path.join(output_dir, "curves.png")

@@ -2,6 +2,6 @@
 from .engine import Engine
 from .events import Events
 from .hook import Hook
-from .state import State
+from .state import EvalProgress, State
 
-__all__ = ["Engine", "Events", "Hook", "State"]
+__all__ = ["Engine", "EvalProgress", "Events", "Hook", "State"]

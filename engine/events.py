@@ -11,6 +11,8 @@ class Events(str, Enum):
     AFTER_BACKWARD = "after_backward"
     ITER_END = "iter_end"
     EPOCH_END = "epoch_end"
+    EVAL_START = "eval_start"      # fired by an evaluation hook: state.evaluation says which
+    EVAL_ITER_END = "eval_iter_end"  # after each of its batches (for progress displays)
     EVAL_END = "eval_end"
     COMPLETED = "completed"
     EXCEPTION = "exception"

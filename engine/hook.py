@@ -20,6 +20,8 @@ class Hook:
     def after_backward(self, engine): pass
     def iter_end(self, engine): pass
     def epoch_end(self, engine): pass
+    def eval_start(self, engine): pass
+    def eval_iter_end(self, engine): pass
     def eval_end(self, engine): pass
     def completed(self, engine): pass
     def exception(self, engine):

@@ -4,6 +4,15 @@ from typing import Any, Dict, Optional
 
 
 @dataclass
+class EvalProgress:
+    """The evaluation running now: its name ("eval", "eval_ema"), batches done and in all."""
+
+    name: str
+    done: int = 0
+    total: Optional[int] = None
+
+
+@dataclass
 class State:
     """Counters are incremented *before* their START event, so at ITER_END
     `iteration` is the number of completed optimizer steps and `epoch_iter`
@@ -19,6 +28,7 @@ class State:
     batch: Any = None
     output: Any = None
     metrics: Dict[str, float] = field(default_factory=dict)
+    evaluation: Optional[EvalProgress] = None  # set between EVAL_START and EVAL_END
     should_stop: bool = False
     exception: Optional[BaseException] = None
 
@@ -36,12 +46,17 @@ class State:
     def is_last_epoch(self) -> bool:
         return self.epoch >= self.max_epochs
 
-    def counters(self) -> Dict[str, int]:
-        return {"epoch": self.epoch, "iteration": self.iteration, "epoch_iter": self.epoch_iter}
+    def counters(self) -> Dict[str, Any]:
+        """For records: the counters, and `epochs_done`, the epochs trained so far as a
+        fraction (1.5 is half-way through epoch 2), an x axis that survives batch changes."""
+        done = self.epoch - 1 + self.epoch_iter / self.iters_per_epoch if self.iters_per_epoch else self.epoch
+        return {"epoch": self.epoch, "iteration": self.iteration, "epoch_iter": self.epoch_iter,
+                "epochs_done": round(max(done, 0.0), 6)}
 
     def position(self) -> Dict[str, Any]:
         """Where the loop is: the counters, and whether this epoch's EPOCH_END has begun."""
-        return {**self.counters(), "epoch_ended": self.epoch_ended}
+        return {"epoch": self.epoch, "iteration": self.iteration, "epoch_iter": self.epoch_iter,
+                "epoch_ended": self.epoch_ended}
 
     def set_position(self, position: Dict[str, Any]) -> None:
         self.epoch, self.iteration = int(position["epoch"]), int(position["iteration"])

@@ -7,7 +7,7 @@ and fires EVAL_END. A second instance with name "eval_ema" evaluates the EMA wei
 import contextlib
 import time
 
-from engine import Events, Hook, dist
+from engine import EvalProgress, Events, Hook, dist
 from deit.evaluate import evaluate_sums, sums_to_metrics
 
 
@@ -34,10 +34,18 @@ class Evaluate(Hook):
             self.evaluate(engine)
 
     def evaluate(self, engine):
-        start = time.perf_counter()
-        metrics = sums_to_metrics(dist.all_reduce_sums(
-            evaluate_sums(self.model, self.loader, self.loss_fn, self.topk, self.autocast)))
-        state = engine.state
+        start, state = time.perf_counter(), engine.state
+        state.evaluation = progress = EvalProgress(self.name, 0, len(self.loader))
+        engine.fire(Events.EVAL_START)
+
+        def batch_done():
+            progress.done += 1
+            engine.fire(Events.EVAL_ITER_END)
+        try:
+            metrics = sums_to_metrics(dist.all_reduce_sums(evaluate_sums(
+                self.model, self.loader, self.loss_fn, self.topk, self.autocast, on_batch=batch_done)))
+        finally:
+            state.evaluation = None
         is_best = metrics["top1"] > self.best_top1
         if is_best:
             self.best_top1, self.best_epoch = metrics["top1"], state.epoch

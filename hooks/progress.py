@@ -4,6 +4,7 @@ import sys
 import time
 
 from rich.console import Console
+from rich.file_proxy import FileProxy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -16,12 +17,17 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
+EVAL_BAR_AFTER_S = 2.0     # an evaluation shorter than this shows no bar
+EVAL_LINE_EVERY_S = 30.0   # plain mode: a progress line this often during a long evaluation
+
+
 class Progress(Hook):
     priority = 95
 
     def __init__(self, mode: str = "auto", stream=None, log=None):
-        """`log(line)` receives the plain lines when the terminal shows a bar and tables
-        instead (train.log wants text); in plain mode the lines are printed, log or not."""
+        """`log(text)` receives the plain lines when the terminal shows a bar and tables
+        instead (train.log wants text), and what is printed while a bar is live; in plain
+        mode the lines are printed, log or not."""
         self.log = log
         if mode == "auto":
             mode = "rich" if (stream or sys.stdout).isatty() else "plain"
@@ -30,19 +36,60 @@ class Progress(Hook):
         self.console = Console(file=stream or (sys.stdout if self.mode == "rich" else None),
                                highlight=False, soft_wrap=True)
         self.bar = self.task = None
+        self.eval_task = self.eval_bar_owned = None
+        self._saved_streams = None
 
     def started(self, engine):
         self.start_time = time.perf_counter()
 
     def epoch_start(self, engine):
         if self.mode == "rich":
-            self.bar = RichProgress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-                                    BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                    TimeElapsedColumn(), console=self.console, transient=False)
             state = engine.state
-            self.task = self.bar.add_task("train", total=state.iters_per_epoch, completed=state.epoch_iter,
+            self.bar = self._start_bar(transient=False)
+            self.task = self.bar.add_task("epoch", total=state.iters_per_epoch, completed=state.epoch_iter,
                                           epoch=state.epoch, epochs=state.max_epochs, info="")
-            self.bar.start()
+
+    # ---- evaluation progress ------------------------------------------------------------
+    def eval_start(self, engine):
+        self.eval_started = self.eval_line_at = time.perf_counter()
+
+    def eval_iter_end(self, engine):
+        """A bar (or in plain mode a line every 30 s) once an evaluation has run 2 s: short
+        evaluations stay quiet, long ones (ImageNet's 50k images) show they are alive."""
+        progress, now = engine.state.evaluation, time.perf_counter()
+        if self.mode == "rich" and (self.eval_task is not None or now - self.eval_started > EVAL_BAR_AFTER_S):
+            if self.eval_task is None:
+                self.eval_bar_owned = self.bar is None  # mid-epoch, the epoch's bar takes the row
+                if self.eval_bar_owned:
+                    self.bar = self._start_bar(transient=True)
+                self.eval_task = self.bar.add_task(progress.name, total=progress.total, epoch=engine.state.epoch,
+                                                   epochs=engine.state.max_epochs, info="")
+            self.bar.update(self.eval_task, completed=progress.done)
+        elif self.mode == "plain" and now - self.eval_line_at >= EVAL_LINE_EVERY_S:
+            self.eval_line_at = now
+            self._plain(f"{progress.name} epoch {engine.state.epoch}: batch {progress.done}/{progress.total}, "
+                        f"{now - self.eval_started:.0f} s")
+
+    def _stop_eval_bar(self):
+        if self.eval_task is not None:
+            if self.eval_bar_owned:
+                self._stop_bar()
+            else:
+                self.bar.remove_task(self.eval_task)
+            self.eval_task = None
+
+    def _start_bar(self, transient: bool) -> RichProgress:
+        """A live bar. What is printed while it shows goes above it, and to train.log too."""
+        bar = RichProgress(TextColumn("{task.description} {task.fields[epoch]}/{task.fields[epochs]}"),
+                           BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                           TimeElapsedColumn(), console=self.console, transient=transient,
+                           redirect_stdout=self.log is None, redirect_stderr=self.log is None)
+        bar.start()
+        if self.log is not None:
+            self._saved_streams = sys.stdout, sys.stderr
+            sys.stdout = _LoggedProxy(self.console, sys.stdout, self.log)
+            sys.stderr = _LoggedProxy(self.console, sys.stderr, self.log)
+        return bar
 
     def iter_end(self, engine):
         record = fresh(engine.state, "train")
@@ -61,6 +108,7 @@ class Progress(Hook):
         self._stop_bar()
 
     def eval_end(self, engine):
+        self._stop_eval_bar()
         if self.mode == "off":
             return
         rec = engine.state.metrics["last_eval"]
@@ -94,15 +142,33 @@ class Progress(Hook):
         if self.mode == "plain":
             self.console.print(line)
         elif self.mode == "rich" and self.log is not None:
-            self.log(line)
+            self.log(line + "\n")
 
     def ended(self, engine):
+        self.eval_task = None
         self._stop_bar()
 
     def _stop_bar(self):
         if self.bar is not None:
+            if self._saved_streams is not None:
+                sys.stdout.flush(), sys.stderr.flush()
+                sys.stdout, sys.stderr = self._saved_streams
+                self._saved_streams = None
             self.bar.stop()
             self.bar = None
+
+
+class _LoggedProxy(FileProxy):
+    """rich's stand-in for stdout/stderr while a bar is live (the text goes above the bar),
+    which also hands the text to train.log."""
+
+    def __init__(self, console, stream, log):
+        super().__init__(console, stream)
+        self._log_text = log
+
+    def write(self, text: str) -> int:
+        self._log_text(text)
+        return super().write(text)
 
 
 def _train_text(r) -> str:

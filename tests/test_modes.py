@@ -64,6 +64,25 @@ def test_plot_writes_a_png_and_without_matplotlib_says_what_to_install(tiny_conf
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_metrics_rows_carry_an_epoch_axis_and_the_plot_uses_it(tiny_config, monkeypatch):
+    """120 images in batches of 16 (drop_last): 7 steps per epoch, reported every 2 steps and at
+    the epoch's end, so a train row at step k of epoch e is at e - 1 + k / 7 epochs, and the
+    evaluation after epoch e at e."""
+    assert run.main(["-c", tiny_config]) == 0
+    with open(os.path.join(_out(tiny_config), "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    train, evals = [r for r in rows if r["event"] == "train"], [r for r in rows if r["event"] == "eval"]
+    steps = [(1, 2), (1, 4), (1, 6), (1, 7), (2, 2), (2, 4), (2, 6), (2, 7)]
+    assert [(r["epoch"], r["epoch_iter"]) for r in train] == steps
+    assert [r["epochs_done"] for r in train] == [pytest.approx(e - 1 + k / 7) for e, k in steps]
+    assert [r["epochs_done"] for r in evals] == [1.0, 2.0]
+    plt = pytest.importorskip("matplotlib.pyplot")
+    labels = []
+    monkeypatch.setattr(plt.Axes, "set_xlabel", lambda self, text, *a, **k: labels.append(text))
+    assert run.main(["plot", _out(tiny_config)]) == 0
+    assert labels and set(labels) == {"epoch"}
+
+
 def test_start_of_run_summary(tiny_config, capsys):
     assert run.main(["-c", tiny_config, "--dry-run"]) == 0
     text = capsys.readouterr().out

@@ -190,7 +190,7 @@ def test_two_processes_generating_the_demo_at_once_both_get_one_complete_copy(tm
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0, 0, 0]
-    assert sorted(os.listdir(root)) == ["COMPLETE", "train", "train_list.txt", "val", "val_list.txt"]
+    assert sorted(os.listdir(root)) == ["COMPLETE", "label_list.txt", "train", "train_list.txt", "val", "val_list.txt"]
     assert len((tmp_path / "demo" / "train_list.txt").read_text().splitlines()) == 30
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".demo_")]
 
@@ -199,7 +199,7 @@ def test_demo_generator_writes_new_or_empty_directories_and_replaces_only_its_ow
     empty = tmp_path / "empty"
     empty.mkdir()
     assert ensure_demo_dataset(str(empty), train_per_class=1, val_per_class=1) == str(empty)
-    assert sorted(os.listdir(empty)) == ["COMPLETE", "train", "train_list.txt", "val", "val_list.txt"]
+    assert sorted(os.listdir(empty)) == ["COMPLETE", "label_list.txt", "train", "train_list.txt", "val", "val_list.txt"]
     ensure_demo_dataset(str(empty), train_per_class=2, val_per_class=1)  # its own copy: replaced
     assert len((empty / "train_list.txt").read_text().splitlines()) == 20
     (empty / "notes.txt").write_text("added by the user")
