@@ -11,13 +11,15 @@ sys.path.insert(0, ROOT)
 DEIT_TINY = {"name": "DeiT_tiny_patch16_224", "class_num": 1000, "drop_path_rate": 0.1}
 
 
-def bench_config(model: dict, batch: int, output_dir: str, **global_overrides) -> dict:
-    """configs/demo.yaml with another model and batch; data is replaced by synthetic batches."""
+def bench_config(model: dict, batch: int, output_dir: str, img_size: int = 32, **global_overrides) -> dict:
+    """configs/demo.yaml with another model and batch; data is replaced by synthetic batches,
+    but the transforms still crop to the model's `img_size` (the config is checked whole)."""
     from deit.schema import SCHEMA
     from engine.config import load_config
     overrides = [f"Global.output_dir={output_dir}", "Global.eval_during_train=false",
                  f"DataLoader.Train.sampler.batch_size={batch}", "Global.progress=off",
-                 "DataLoader.Train.loader.num_workers=0"]
+                 "DataLoader.Train.loader.num_workers=0",
+                 f"DataLoader.Train.dataset.transform_ops.0.RandCropImage.size={img_size}"]
     overrides += [f"Model.{k}={v}" for k, v in model.items()]
     overrides += [f"Global.{k}={v}" for k, v in global_overrides.items()]
     return load_config(os.path.join(ROOT, "configs", "demo.yaml"), overrides, SCHEMA)

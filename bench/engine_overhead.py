@@ -38,7 +38,7 @@ def build(model_name, epochs, ema):
     from _common import SyntheticBatches, bench_config
     from deit.build import build_training
     overrides, batch, size, classes, steps = MODELS[model_name]
-    cfg = bench_config(overrides, batch, tempfile.mkdtemp(), epochs=epochs, progress="plain")
+    cfg = bench_config(overrides, batch, tempfile.mkdtemp(), img_size=size, epochs=epochs, progress="plain")
     cfg["EMA"]["decay"] = 0.99996 if ema else 0.0
     engine, _checkpoint = build_training(cfg)
     engine.data = SyntheticBatches(steps, batch, size, classes)

@@ -25,7 +25,7 @@ def worker_ours(batch, steps, warmup):
     from _common import DEIT_TINY, SyntheticBatches, bench_config
     from deit.build import build_training
     out = tempfile.mkdtemp()
-    cfg = bench_config(DEIT_TINY, batch, out, epochs=1)
+    cfg = bench_config(DEIT_TINY, batch, out, img_size=224, epochs=1)
     cfg["DataLoader"]["Train"]["sampler"]["drop_last"] = True
     engine, _checkpoint = build_training(cfg)
     engine.data = SyntheticBatches(warmup + steps, batch, 224, 1000)
