@@ -109,8 +109,9 @@ def eval_main(argv=None) -> int:
 def _train(cfg, dry_run: bool) -> int:
     from deit.build import build_training, describe_run
     from engine import dist
-    engine, checkpoint = build_training(cfg)
-    summary = describe_run(cfg, engine) if dist.is_main() else ""
+    training = build_training(cfg)
+    engine, checkpoint = training.engine, training.checkpoint
+    summary = describe_run(cfg, training) if dist.is_main() else ""
     if dry_run:
         print(summary)
         print(engine.describe())
@@ -134,7 +135,7 @@ def _run(cfg, engine, run_dir, resumed, summary) -> int:
         print(summary, flush=True)
         if resumed:
             print(f"resumed from {resumed} at epoch {state.epoch}, iteration {state.iteration}")
-            drift = state.metrics.get("resume")
+            drift = state.reports.latest("resume")
             if drift:
                 print(f"resume: config changed since {os.path.basename(resumed)}: " +
                       "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in drift["changes"].items()))
@@ -218,15 +219,13 @@ def _export(cfg) -> int:
 def _evaluate(cfg) -> int:
     from rich.console import Console
     from rich.table import Table
-    from deit.build import build_eval_loader, build_loss, build_model, load_trained_weights, setup_runtime, _topk
-    from deit.evaluate import evaluate_sums, sums_to_metrics
+    from deit.build import build_evaluation, build_model, load_trained_weights, setup_runtime
     from engine import dist
     setup_runtime(cfg)
-    loader = build_eval_loader(cfg)
+    evaluation = build_evaluation(cfg)
     model = build_model(cfg["Model"])
     weights = load_trained_weights(cfg, model, "--eval")
-    metrics = sums_to_metrics(dist.all_reduce_sums(
-        evaluate_sums(model, loader, build_loss(cfg["Loss"]["Eval"], "Loss.Eval"), _topk(cfg))))
+    metrics = evaluation(model)
     if dist.is_main():
         print(f"eval: top1={metrics['top1']:.6f} top5={metrics.get('top5', float('nan')):.6f} "
               f"loss={metrics['loss']:.6f} images={metrics['count']} devices={dist.world_size()} weights={weights}")
@@ -265,12 +264,12 @@ def _predict(cfg) -> int:
 def _print_predictions(records, title) -> None:
     from rich.console import Console
     from rich.table import Table
-    table = Table(title=title)
+    folder = os.path.commonpath([os.path.dirname(os.path.abspath(r["file_name"])) for r in records])
+    table = Table(title=f"{title}\nin {folder}")
     for column in ("image", "top-1", "score", "top-k"):
         table.add_column(column, overflow="fold")
     for r in records:
-        shown_path = os.path.relpath(r["file_name"])
-        shown_path = r["file_name"] if shown_path.startswith("..") else shown_path
+        shown_path = os.path.relpath(os.path.abspath(r["file_name"]), folder)
         if "error" in r:
             table.add_row(shown_path, "-", "-", r["error"])
             continue

@@ -40,7 +40,7 @@ def build(model_name, epochs, ema):
     overrides, batch, size, classes, steps = MODELS[model_name]
     cfg = bench_config(overrides, batch, tempfile.mkdtemp(), img_size=size, epochs=epochs, progress="plain")
     cfg["EMA"]["decay"] = 0.99996 if ema else 0.0
-    engine, _checkpoint = build_training(cfg)
+    engine = build_training(cfg).engine
     engine.data = SyntheticBatches(steps, batch, size, classes)
     engine.state.iters_per_epoch = steps
     return cfg, engine

@@ -27,7 +27,7 @@ def worker_ours(batch, steps, warmup):
     out = tempfile.mkdtemp()
     cfg = bench_config(DEIT_TINY, batch, out, img_size=224, epochs=1)
     cfg["DataLoader"]["Train"]["sampler"]["drop_last"] = True
-    engine, _checkpoint = build_training(cfg)
+    engine = build_training(cfg).engine
     engine.data = SyntheticBatches(warmup + steps, batch, 224, 1000)
     engine.state.iters_per_epoch = warmup + steps
     marks = {}

@@ -1,8 +1,11 @@
-"""Config -> model, data, optimizer, step function, hooks and engine.
+"""Config -> model, data, optimizer, step function, hooks and engine: the wiring.
 
 The one place that knows the config layout (deit/schema.py) and wires engine, hooks and the
-plain DeiT components together. Everything here validates before anything is written to disk.
+plain DeiT components together, and so the one module under deit/ that imports engine/ and
+hooks/ (tests/test_layers.py keeps it so). Everything here validates before anything is
+written to disk.
 """
+import contextlib
 import importlib
 import inspect
 import math
@@ -11,11 +14,12 @@ import random
 import sys
 import warnings
 from functools import partial
+from typing import NamedTuple, Optional
 
 import numpy as np
 import paddle
 
-from engine import Engine, Hook, dist
+from engine import Engine, Events, Hook, dist
 from engine.serialization import load_restricted
 from hooks.checkpoint import Checkpoint, read_checkpoint
 from hooks.data_health import DataHealth
@@ -36,6 +40,7 @@ from .data.loader import Loader
 from .data.mixup import from_plsc as mixup_from_plsc
 from .data.sampler import ResumableBatchSampler, ShardedEvalSampler
 from .checks import check_config, check_pipeline
+from .cpu_linear import use_gemm_bias
 from .data.transforms import build_transforms
 from .errors import CheckpointError, SetupError, unknown
 from .flops import model_macs
@@ -43,7 +48,8 @@ from .loss import LOSSES
 from .model import FACTORIES, VisionTransformer
 from .optim import build_adamw
 from .predict import EagerModel, InferenceModel, list_images, read_class_names
-from .precision import Precision
+from .evaluate import Evaluation
+from .precision import DynamicLossScaler, Precision, decorate_o2
 from .pretrained import fit_state_dict, shape_problems
 from .schedule import TimmCosine
 from .step import make_train_step
@@ -300,6 +306,8 @@ def build_training(cfg):
         raise SetupError(f"Global.accum_steps={g['accum_steps']} must divide "
                          f"DataLoader.Train.sampler.batch_size={batch} into equal micro-batches")
     model = build_model(cfg["Model"])
+    if g["device"] == "cpu" and amp["level"] == "O0":  # fp32 on CPU: biases inside the GEMMs
+        use_gemm_bias(model)
     for loader, split in ((train_loader, "Train"), (eval_loader, "Eval")):
         if loader is not None:
             check_pipeline(loader.dataset.transform, cfg["DataLoader"][split]["dataset"]["transform_ops"],
@@ -314,9 +322,12 @@ def build_training(cfg):
             warnings.filterwarnings("ignore", message="amp_guard can only be enabled")
             print(f"note: FP16.level {amp['level']} ({amp['dtype']}) runs, but Paddle's autocast has "
                   f"no effect on CPU: the kernels stay fp32")
-        scaler = GradScaler(precision, amp["level"], amp["dtype"], **amp["GradScaler"])
-        model, optimizer = scaler.decorate(model, optimizer, o["use_master_param"] or amp["level"] == "O2")
-        hooks.append(scaler)
+        precision.enable_autocast(amp["level"], amp["dtype"])
+        if amp["level"] == "O2":  # fp32 master weights in the optimizer, whatever use_master_param says
+            model, optimizer = decorate_o2(model, optimizer, amp["dtype"], master_weight=True)
+        if amp["dtype"] == "float16":  # bfloat16 has fp32's range: no loss scaling
+            precision.scaler = DynamicLossScaler(**amp["GradScaler"])
+            hooks.append(GradScaler(precision.scaler))
     if amp["level"] == "O0" or amp["dtype"] == "bfloat16":
         # Check the loss when the meter reports and at every step checkpoint, never per step.
         save_every = g["save_interval"] if g["save_unit"] == "step" else g["print_batch_step"]
@@ -328,46 +339,67 @@ def build_training(cfg):
                           g["epochs"], len(train_loader), s["decay_unit"], lr_scale)
     step = make_train_step(train_model, build_loss(cfg["Loss"]["Train"], "Loss.Train"), optimizer,
                            precision, g["accum_steps"])
-    engine = Engine(step, train_loader, max_epochs=g["epochs"], model=model, optimizer=optimizer,
-                    seed=g["seed"])
+    engine = Engine(engine_step(step), train_loader, max_epochs=g["epochs"], model=model, optimizer=optimizer)
     run_dir = RunDirectory(g["output_dir"], is_main=dist.is_main())
     checkpoint = Checkpoint(run_dir, model, optimizer, g["save_interval"], g["save_unit"],
                             g["max_num_latest_checkpoint"], config=cfg, world_size=dist.world_size(),
                             fixed=RESUME_FIXED, shape_problems=shape_problems,
                             facts={"training images": len(train_loader.dataset),
-                                   "steps per epoch": len(train_loader)})
+                                   "steps per epoch": len(train_loader)}, best_of="eval")
     hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule), checkpoint,
               MetricsLog(run_dir.file("metrics.jsonl")), Progress(g["progress"], log=run_dir.append_to_log),
               DataHealth(train_loader.dataset)]
     if g["use_visualdl"]:
         hooks.append(VisualDL(run_dir.file("vdl")))
-    if eval_loader is not None:
-        eval_loss = build_loss(cfg["Loss"]["Eval"], "Loss.Eval")
-        evaluate = partial(Evaluate, loader=eval_loader, loss_fn=eval_loss, interval=g["eval_interval"],
-                           unit=g["eval_unit"], topk=_topk(cfg), autocast=precision.autocast)
-        hooks.append(evaluate(model))
+    evaluation = build_evaluation(cfg, precision.autocast, eval_loader) if eval_loader is not None else None
+    evaluate = partial(Evaluate, interval=g["eval_interval"], unit=g["eval_unit"],
+                       batches=evaluation.batches if evaluation else None)
+    if evaluation is not None:
+        hooks.append(evaluate(partial(evaluation, model)))
     ema = cfg["EMA"]
     if ema["decay"] > 0:
         ema_model = build_model(cfg["Model"])
         hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"]))
-        if eval_loader is not None and ema["eval_with_ema"]:
-            hooks.append(evaluate(ema_model, name="eval_ema"))
+        if evaluation is not None and ema["eval_with_ema"]:
+            hooks.append(evaluate(partial(evaluation, ema_model), name="eval_ema"))
     hooks += [import_hook(name, kwargs, f"Hooks.{i}") for i, entry in enumerate(cfg["Hooks"])
               for name, kwargs in entry.items()]
     for hook in hooks:
         engine.register(hook)
-    return engine, checkpoint
+    return Training(engine, checkpoint, evaluation)
 
 
-def describe_run(cfg, engine) -> str:
+class Training(NamedTuple):
+    engine: Engine
+    checkpoint: Checkpoint              # owns the run directory and resuming
+    evaluation: Optional[Evaluation]    # None without DataLoader.Eval during training
+
+
+def engine_step(train_step):
+    """The engine calls `step(engine, batch)`; the DeiT step takes the batch and a callback for
+    the moment between backward and the optimizer step, which becomes AFTER_BACKWARD."""
+    def step(engine, batch):
+        return train_step(batch, after_backward=partial(engine.fire, Events.AFTER_BACKWARD))
+    return step
+
+
+def build_evaluation(cfg, autocast=contextlib.nullcontext, loader=None) -> Evaluation:
+    """Top-k and loss on DataLoader.Eval, summed over all processes: the one evaluation that
+    training, `--eval` and the run summary use."""
+    topk = next((tuple(e["TopkAcc"].get("topk", (1, 5))) for e in cfg["Metric"]["Eval"] if "TopkAcc" in e), (1, 5))
+    loader = loader if loader is not None else build_eval_loader(cfg)
+    return Evaluation(loader, build_loss(cfg["Loss"]["Eval"], "Loss.Eval"), topk, autocast,
+                      reduce=dist.all_reduce_sums)
+
+
+def describe_run(cfg, training: Training) -> str:
     """The start-of-run summary people training for days want in their log."""
     g, m, s = cfg["Global"], cfg["Model"], cfg["LRScheduler"]
-    model, loader = engine.model, engine.data
+    model, loader = training.engine.model, training.engine.data
     params = sum(int(np.prod(p.shape)) for p in model.parameters())
     gflops = 2 * model_macs(model) / 1e9
     world, batch = dist.world_size(), loader.batch_sampler.batch_size
-    evals = [h for h in engine.hooks if isinstance(h, Evaluate) and h.name == "eval"]
-    eval_text = f", eval {len(evals[0].loader.dataset)} images" if evals else ", no evaluation"
+    eval_text = f", eval {training.evaluation.images} images" if training.evaluation else ", no evaluation"
     lr_scale = batch * world / s["scale_by_batch"] if s["scale_by_batch"] else 1.0
     return "\n".join([
         f"model   {m['name']}: {params / 1e6:.2f} M parameters, {gflops:.3f} GFLOPs per image "
@@ -382,10 +414,3 @@ def describe_run(cfg, engine) -> str:
         f"precision {cfg['FP16']['level']}{'' if cfg['FP16']['level'] == 'O0' else ' ' + cfg['FP16']['dtype']}",
         f"output  {g['output_dir']}",
     ])
-
-
-def _topk(cfg):
-    for entry in cfg["Metric"]["Eval"]:
-        if "TopkAcc" in entry:
-            return tuple(entry["TopkAcc"].get("topk", (1, 5)))
-    return (1, 5)

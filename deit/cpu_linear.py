@@ -1,11 +1,12 @@
-"""nn.Linear whose CPU training path keeps the bias inside GEMMs.
+"""A CPU training path for nn.Linear that keeps the bias inside GEMMs, swapped in by the wiring.
 
 Paddle's CPU `x @ W + b` adds the bias in a separate broadcast pass (13 ms for a DeiT-Ti fc1
 output, batch 32, next to a 19 ms GEMM) and its backward sums the output gradient over rows
 with a slow column reduction (17 ms); `addmm` adds the bias inside the GEMM, and `ones @ grad`
 is the same sum on the GEMM path (bench/NOTES.md).
-Same parameters and state_dict as nn.Linear; any other case (GPU, low precision, no grad,
-static graph for export) takes nn.Linear's own path.
+The model is built with nn.Linear; `use_gemm_bias(model)` turns its Linear layers into this
+subclass for fp32 training on CPU (same parameters and state_dict). Without grad (evaluation)
+or in a static graph (export) a swapped layer takes nn.Linear's own path.
 """
 import paddle
 import paddle.nn as nn
@@ -35,7 +36,15 @@ class _LinearBiasByGemm(PyLayer):
 
 class Linear(nn.Linear):
     def forward(self, x):
-        if (paddle.in_dynamic_mode() and paddle.is_grad_enabled() and self.bias is not None
-                and not self.weight.stop_gradient and x.dtype == paddle.float32 and x.place.is_cpu_place()):
+        if paddle.is_grad_enabled() and paddle.in_dynamic_mode() and not self.weight.stop_gradient:
             return _LinearBiasByGemm.apply(x, self.weight, self.bias)
         return super().forward(x)
+
+
+def use_gemm_bias(model: nn.Layer) -> nn.Layer:
+    """Swap every nn.Linear with a bias in `model` for the CPU path above, in place. Only for
+    fp32 training on CPU: the device and dtype are the caller's to know, not checked per call."""
+    for layer in model.sublayers(include_self=True):
+        if type(layer) is nn.Linear and layer.bias is not None:
+            layer.__class__ = Linear
+    return model

@@ -25,10 +25,6 @@ def unknown(kind: str, name: str, known) -> SetupError:
     return SetupError(f"unknown {kind} {name!r}{hint}; known: {', '.join(sorted(known))}")
 
 
-class TrainingDiverged(UserError):
-    """A non-finite loss in full precision: the run stops before anything is saved."""
-
-
 def paddle_message(exc: Exception, limit: int = 300) -> str:
     """The one informative line of a Paddle C++ error, which starts with 'In user code:' and
     ends with hints: the first line that names an error, else the first non-empty line."""

@@ -37,6 +37,28 @@ def evaluate_sums(model, loader, loss_fn=None, topk=(1, 5), autocast=contextlib.
     return sums
 
 
+class Evaluation:
+    """Top-k accuracy and loss of a model over an eval loader: `evaluation(model)` returns the
+    metrics over all processes' data, `reduce` adding up the sums of every process (the
+    identity for one process). One for training, `--eval` and the run summary."""
+
+    def __init__(self, loader, loss_fn=None, topk=(1, 5), autocast=contextlib.nullcontext,
+                 reduce=lambda sums: sums):
+        self.loader, self.loss_fn, self.topk, self.autocast, self.reduce = loader, loss_fn, tuple(topk), autocast, reduce
+
+    @property
+    def images(self) -> int:
+        return len(self.loader.dataset)
+
+    @property
+    def batches(self) -> int:
+        return len(self.loader)
+
+    def __call__(self, model, on_batch=None) -> dict:
+        return sums_to_metrics(self.reduce(evaluate_sums(model, self.loader, self.loss_fn, self.topk,
+                                                         self.autocast, on_batch)))
+
+
 def sums_to_metrics(sums: dict) -> dict:
     count = max(sums["count"], 1.0)
     metrics = {f"top{k.split('@')[1]}": v / count for k, v in sums.items() if k.startswith("correct@")}

@@ -5,8 +5,6 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .cpu_linear import Linear
-
 _zeros = nn.initializer.Constant(0.0)
 _ones = nn.initializer.Constant(1.0)
 
@@ -32,8 +30,8 @@ class DropPath(nn.Layer):
 class Mlp(nn.Layer):
     def __init__(self, dim, hidden, drop=0.0):
         super().__init__()
-        self.fc1 = Linear(dim, hidden)
-        self.fc2 = Linear(hidden, dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
@@ -50,8 +48,8 @@ class Attention(nn.Layer):
     def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = Linear(dim, dim * 3)
-        self.proj = Linear(dim, dim)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -110,7 +108,7 @@ class VisionTransformer(nn.Layer):
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.LayerList([Block(embed_dim, num_heads, mlp_ratio, drop_rate, r) for r in rates])
         self.norm = nn.LayerNorm(embed_dim, epsilon=1e-6)
-        self.head = Linear(embed_dim, class_num) if class_num > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, class_num) if class_num > 0 else nn.Identity()
         init_weights(self, init)
 
     def forward_features(self, x):

@@ -28,6 +28,12 @@ class Precision:
             self.scaler.step(optimizer)
 
 
+def decorate_o2(model, optimizer, dtype: str, master_weight: bool = True):
+    """FP16.level O2: cast the model to the low dtype; the optimizer keeps fp32 master weights."""
+    return paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", dtype=dtype,
+                               master_weight=master_weight)
+
+
 class DynamicLossScaler:
     """paddle.amp.GradScaler's dynamic loss scaling, on every device, with no host sync.
 

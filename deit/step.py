@@ -14,11 +14,13 @@ def make_train_step(model, loss_fn, optimizer, precision, accum_steps: int = 1):
     backpropagated with its share of the batch-mean loss, then one optimizer step per loaded
     batch (so LR, EMA, loss scale and `iteration` move once per optimizer step).
 
-    Returns `step(engine, batch) -> {"loss": tensor, "batch_size": int}`. The loss stays on
-    the device (no host sync); hooks that report convert it when they report.
+    Returns `step(batch, after_backward=None) -> {"loss": tensor, "batch_size": int}`;
+    `after_backward()` runs between the backward passes and the optimizer step (the engine
+    fires its AFTER_BACKWARD there). The loss stays on the device (no host sync); hooks that
+    report convert it when they report.
     """
 
-    def step(engine, batch):
+    def step(batch, after_backward=None):
         images, targets = batch
         n = images.shape[0]
         sizes = micro_batch_sizes(n, accum_steps)
@@ -31,7 +33,8 @@ def make_train_step(model, loss_fn, optimizer, precision, accum_steps: int = 1):
             loss = loss_fn(logits, targets_k) * (images_k.shape[0] / n)
             precision.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
-        engine.fire("after_backward")
+        if after_backward is not None:
+            after_backward()
         precision.step(optimizer)
         optimizer.clear_grad(set_to_zero=False)
         return {"loss": total, "batch_size": n}

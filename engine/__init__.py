@@ -2,6 +2,7 @@
 from .engine import Engine
 from .events import Events
 from .hook import Hook
+from .priority import Priority
 from .state import EvalProgress, State
 
-__all__ = ["Engine", "EvalProgress", "Events", "Hook", "State"]
+__all__ = ["Engine", "EvalProgress", "Events", "Hook", "Priority", "State"]

@@ -15,7 +15,7 @@ import ast
 import difflib
 import math
 import os
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional
 
 import yaml
 

@@ -5,6 +5,7 @@ import paddle
 
 from .events import Events
 from .hook import FunctionHook, Hook
+from .priority import Priority
 from .state import State
 
 
@@ -19,9 +20,9 @@ class Engine:
     """
 
     def __init__(self, step: Callable[["Engine", Any], Any], data: Iterable, max_epochs: int = 1,
-                 model: Optional[paddle.nn.Layer] = None, optimizer: Any = None, seed: int = 0):
+                 model: Optional[paddle.nn.Layer] = None, optimizer: Any = None):
         self.step, self.data, self.model, self.optimizer = step, data, model, optimizer
-        self.state = State(max_epochs=max_epochs, seed=seed, iters_per_epoch=_len_or_none(data))
+        self.state = State(max_epochs=max_epochs, iters_per_epoch=_len_or_none(data))
         self._hooks: List[Hook] = []
         self._dispatch = {event: [] for event in Events}
 
@@ -43,7 +44,7 @@ class Engine:
         return hook
 
     def on(self, event: Events, fn: Callable[["Engine"], None], every: int = 1,
-           priority: int = 50) -> Hook:
+           priority: int = Priority.NORMAL) -> Hook:
         """Call `fn(engine)` on `event`; for iteration/epoch events only every `every`-th time."""
         return self.register(FunctionHook(event, fn, every=every, priority=priority))
 

@@ -20,3 +20,7 @@ class RunDirectoryError(UserError):
 class WriteFailed(UserError):
     """A file of the run could not be written (disk full, read-only, ...); the previous
     complete version of it is still in place."""
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss in full precision: the run stops before anything is saved."""

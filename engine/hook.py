@@ -1,5 +1,6 @@
 """The Hook protocol: override the methods for the events you care about."""
 from .events import Events
+from .priority import Priority
 
 
 class Hook:
@@ -9,10 +10,11 @@ class Hook:
     dispatch lists once, at register time), so an unused event costs nothing.
     Handlers on ITER_START/ITER_END run every step and should take negligible
     time: no host-device sync unless the hook is about to report.
-    Lower `priority` runs first; ties keep registration order.
+    Lower `priority` runs first; ties keep registration order (engine/priority.py has the
+    table of the default hooks and why each runs where it does).
     """
 
-    priority = 50
+    priority = Priority.NORMAL
 
     def started(self, engine): pass
     def epoch_start(self, engine): pass
@@ -47,13 +49,13 @@ class Hook:
         return getattr(type(self), event.value) is not getattr(Hook, event.value)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(priority={self.priority})"
+        return f"{type(self).__name__}(priority={shown_priority(self.priority)})"
 
 
 class FunctionHook(Hook):
     """Adapts a plain `fn(engine)` registered with `Engine.on(event, fn, every=n)`."""
 
-    def __init__(self, event: Events, fn, every: int = 1, priority: int = 50):
+    def __init__(self, event: Events, fn, every: int = 1, priority: int = Priority.NORMAL):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.event, self.fn, self.every, self.priority = Events(event), fn, every, priority
@@ -75,4 +77,12 @@ class FunctionHook(Hook):
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", repr(self.fn))
-        return f"{name}(every={self.every}, priority={self.priority})"
+        return f"{name}(every={self.every}, priority={shown_priority(self.priority)})"
+
+
+def shown_priority(priority) -> str:
+    """`90 CHECKPOINT` for a named level, else the number."""
+    try:
+        return f"{int(priority)} {Priority(priority).name}"
+    except ValueError:
+        return str(int(priority))

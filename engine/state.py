@@ -2,6 +2,8 @@
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from .reports import Reports
+
 
 @dataclass
 class EvalProgress:
@@ -24,13 +26,15 @@ class State:
     iteration: int = 0
     epoch_iter: int = 0
     epoch_ended: bool = True   # False from EPOCH_START until EPOCH_END fires
-    seed: int = 0
     batch: Any = None
     output: Any = None
-    metrics: Dict[str, float] = field(default_factory=dict)
-    evaluation: Optional[EvalProgress] = None  # set between EVAL_START and EVAL_END
+    evaluation: Optional[EvalProgress] = None  # set from EVAL_START through EVAL_END
+    reports: Reports = field(init=False, repr=False)  # what hooks publish for each other
     should_stop: bool = False
     exception: Optional[BaseException] = None
+
+    def __post_init__(self):
+        self.reports = Reports(lambda: self.iteration)
 
     @property
     def max_iterations(self) -> Optional[int]:

@@ -1,7 +1,3 @@
-"""Training hooks, one concern per file. Default order (lower first), and why:
-train meter 0 (times the step before anything else runs), NaN guard 1 (stops a diverged run
-before anything saves it), LR schedule 10, grad scaler 15, EMA 20, eval 30, custom hooks 50
-(stateful hooks run before the checkpoint, so it saves what they left), data health 80,
-metrics log 85 (writes the step's rows before the checkpoint records the log's length),
-VisualDL 86,
-checkpoint 90, progress 95 (display only)."""
+"""Training hooks, one concern per file. They know the engine, not DeiT: what they work on
+(a model, an evaluation function, a loss scaler, a dataset's bad-file count) is handed to them.
+They tell each other things through `state.reports`; their order is engine/priority.py."""

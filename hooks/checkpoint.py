@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Callable, Optional, Sequence
 
-from engine import Hook
+from engine import Hook, Priority
 from engine.config import differences
 from engine.errors import CheckpointError, WriteFailed
 from engine.files import megabytes
@@ -41,12 +41,12 @@ class Checkpoint(Hook):
     and `facts` values (e.g. the number of training images) that must be the same on resume;
     `shape_problems(found, expected)` describes how two name -> shape maps differ."""
 
-    priority = 90  # see hooks/__init__.py: after every hook whose state or rows it records
+    priority = Priority.CHECKPOINT
 
     def __init__(self, run_dir: RunDirectory, model, optimizer=None, interval: int = 1,
                  unit: str = "epoch", keep: int = 0, config: Optional[dict] = None,
                  world_size: int = 1, fixed: Sequence[str] = (), facts: Optional[dict] = None,
-                 shape_problems: Callable = None):
+                 shape_problems: Callable = None, best_of: str = "eval"):
         if interval < 1 or keep < 0:
             raise ValueError(f"Checkpoint needs interval >= 1 and keep >= 0, got {interval}, {keep}")
         self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
@@ -54,6 +54,7 @@ class Checkpoint(Hook):
         self.config, self.world_size, self.fixed = config or {}, world_size, tuple(fixed)
         self.facts = dict(facts or {})
         self.shape_problems = shape_problems or (lambda found, expected: [])
+        self.best_of = best_of  # the evaluation whose best top-1 writes best.pdparams
         self.saved = []  # names of the checkpoints this run wrote in run_dir, oldest first
         self._signal = None
         self._previous_handlers = {}
@@ -62,7 +63,7 @@ class Checkpoint(Hook):
     def resume(self, engine, checkpoint: Optional[str]) -> Optional[str]:
         """Load everything from the checkpoint that Global.checkpoint (None, "auto" or a path)
         designates in this run directory; returns its path, or None for a fresh start. Config
-        changes since the checkpoint are in `engine.state.metrics["resume"]`."""
+        changes since the checkpoint are put as "resume" in `engine.state.reports`."""
         path = self.run_dir.starting_point(checkpoint)
         if path is None:
             return None
@@ -79,9 +80,9 @@ class Checkpoint(Hook):
         if not self.run_dir.owns(path):
             self.saved = []  # another directory's checkpoints are never this run's to delete
         if changes:  # run.py prints them once train.log is open; metrics.jsonl records them
-            engine.state.metrics["resume"] = {
+            engine.state.reports.put("resume", {
                 "event": "resume", **engine.state.counters(), "from": path,
-                "changes": {k: [old, new] for k, old, new in changes}}
+                "changes": {k: [old, new] for k, old, new in changes}})
         return path
 
     def _check_facts(self, ckpt, path):
@@ -167,8 +168,8 @@ class Checkpoint(Hook):
             raise Interrupted(self._signal, path)
 
     def eval_end(self, engine):
-        record = engine.state.metrics["last_eval"]
-        if record["event"] == "eval" and record["is_best"] and self.run_dir.is_main:
+        name = engine.state.evaluation.name
+        if name == self.best_of and engine.state.reports.latest(name)["is_best"] and self.run_dir.is_main:
             self._write(self.model.state_dict(), "best.pdparams")
 
     def completed(self, engine):

@@ -7,11 +7,11 @@ same architecture, so an Evaluate hook can evaluate it like any model.
 """
 import paddle
 
-from engine import Hook
+from engine import Hook, Priority
 
 
 class EMA(Hook):
-    priority = 20
+    priority = Priority.EMA
 
     def __init__(self, model, ema_model, decay: float = 0.99996, warmup: bool = False):
         if not 0.0 < decay < 1.0:

@@ -1,24 +1,23 @@
-"""Evaluates top-1/top-5 and loss every `interval` epochs or steps; tracks the best top-1.
+"""Evaluates every `interval` epochs or steps and tracks the best top-1 (detectron2's EvalHook).
 
-Counts are summed over ranks (each image is seen by exactly one rank), so the numbers are
-exact under data parallel. Publishes `state.metrics[name]` (and `state.metrics["last_eval"]`)
-and fires EVAL_END. A second instance with name "eval_ema" evaluates the EMA weights.
+`evaluate(on_batch) -> metrics` does the work (the wiring gives one that sums top-k and loss
+over all ranks); the hook decides when, fires EVAL_START, EVAL_ITER_END per batch and EVAL_END,
+and puts the metrics with the step's counters, the best top-1 so far and `is_best` as its
+`name` ("eval", or "eval_ema" for a second instance on the EMA weights) in `state.reports`.
 """
-import contextlib
 import time
+from typing import Callable, Optional
 
-from engine import EvalProgress, Events, Hook, dist
-from deit.evaluate import evaluate_sums, sums_to_metrics
+from engine import EvalProgress, Events, Hook, Priority
 
 
 class Evaluate(Hook):
-    priority = 30
+    priority = Priority.EVALUATE
 
-    def __init__(self, model, loader, loss_fn=None, interval: int = 1, unit: str = "epoch",
-                 topk=(1, 5), name: str = "eval", autocast=contextlib.nullcontext):
-        self.model, self.loader, self.loss_fn = model, loader, loss_fn
-        self.interval, self.unit, self.topk, self.name = interval, unit, tuple(topk), name
-        self.autocast = autocast
+    def __init__(self, evaluate: Callable[[Callable[[], None]], dict], interval: int = 1, unit: str = "epoch",
+                 name: str = "eval", batches: Optional[int] = None):
+        self.evaluate_fn, self.interval, self.unit, self.name = evaluate, interval, unit, name
+        self.batches = batches
         self.best_top1, self.best_epoch = -1.0, 0
 
     def state_key(self):
@@ -35,25 +34,23 @@ class Evaluate(Hook):
 
     def evaluate(self, engine):
         start, state = time.perf_counter(), engine.state
-        state.evaluation = progress = EvalProgress(self.name, 0, len(self.loader))
-        engine.fire(Events.EVAL_START)
-
-        def batch_done():
-            progress.done += 1
-            engine.fire(Events.EVAL_ITER_END)
+        state.evaluation = progress = EvalProgress(self.name, 0, self.batches)
         try:
-            metrics = sums_to_metrics(dist.all_reduce_sums(evaluate_sums(
-                self.model, self.loader, self.loss_fn, self.topk, self.autocast, on_batch=batch_done)))
+            engine.fire(Events.EVAL_START)
+
+            def batch_done():
+                progress.done += 1
+                engine.fire(Events.EVAL_ITER_END)
+            metrics = self.evaluate_fn(batch_done)
+            is_best = metrics["top1"] > self.best_top1
+            if is_best:
+                self.best_top1, self.best_epoch = metrics["top1"], state.epoch
+            state.reports.put(self.name, {
+                "event": self.name, **state.counters(), **metrics, "best_top1": self.best_top1,
+                "best_epoch": self.best_epoch, "is_best": is_best, "eval_time": time.perf_counter() - start})
+            engine.fire(Events.EVAL_END)
         finally:
             state.evaluation = None
-        is_best = metrics["top1"] > self.best_top1
-        if is_best:
-            self.best_top1, self.best_epoch = metrics["top1"], state.epoch
-        record = {"event": self.name, **state.counters(), **metrics, "best_top1": self.best_top1,
-                  "best_epoch": self.best_epoch, "is_best": is_best,
-                  "eval_time": time.perf_counter() - start}
-        state.metrics[self.name] = state.metrics["last_eval"] = record
-        engine.fire(Events.EVAL_END)
 
     def state_dict(self):
         return {"best_top1": self.best_top1, "best_epoch": self.best_epoch}

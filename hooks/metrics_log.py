@@ -9,14 +9,15 @@ hook at every event, so a checkpoint always includes the row of its own step.
 import json
 import os
 
-from engine import Hook, dist
+from engine import Hook, Priority, dist
 from engine.files import write_failed
-
-from .train_meter import fresh
 
 
 class MetricsLog(Hook):
-    priority = 85
+    """Writes the reports "resume" (at start), "train" with its parts (each report step) and
+    the evaluation that just ended (its name is the report's kind)."""
+
+    priority = Priority.METRICS_LOG
 
     def __init__(self, path: str):
         self.path, self.file, self.resume_at = path, None, None
@@ -28,7 +29,7 @@ class MetricsLog(Hook):
             self.file = self._open()
         except OSError as exc:
             raise write_failed(self.path, exc) from None
-        self._write(engine.state.metrics.get("resume"))  # what changed at a resume, if anything
+        self._write(engine.state.reports.latest("resume"))  # what changed at a resume, if anything
 
     def _open(self):
         if self.resume_at is None:
@@ -45,16 +46,17 @@ class MetricsLog(Hook):
     def _write(self, record):
         if self.file is not None and record is not None:
             try:
-                self.file.write((json.dumps(record) + "\n").encode("utf-8"))
+                self.file.write((json.dumps(dict(record)) + "\n").encode("utf-8"))
                 self.file.flush()
             except OSError as exc:
                 raise write_failed(self.path, exc) from None
 
     def iter_end(self, engine):
-        self._write(fresh(engine.state, "train"))
+        self._write(engine.state.reports.fresh("train", with_parts=True))
 
     def eval_end(self, engine):
-        self._write(engine.state.metrics.get("last_eval"))
+        state = engine.state
+        self._write(state.reports.latest(state.evaluation.name))
 
     def state_dict(self):
         return {"bytes": self.file.tell()} if self.file is not None else {}

@@ -8,13 +8,12 @@ loss scaling, where an overflow is a skipped step that the GradScaler hook handl
 """
 import math
 
-from engine import Hook
-
-from deit.errors import TrainingDiverged
+from engine import Hook, Priority
+from engine.errors import TrainingDiverged
 
 
 class NanGuard(Hook):
-    priority = 1
+    priority = Priority.NAN_GUARD
 
     def __init__(self, every: int = 1):
         self.every = max(1, every)

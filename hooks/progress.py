@@ -8,9 +8,7 @@ from rich.file_proxy import FileProxy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from engine import Hook, dist
-
-from .train_meter import fresh
+from engine import Hook, Priority, dist
 
 
 def _fmt(value, spec):
@@ -22,7 +20,7 @@ EVAL_LINE_EVERY_S = 30.0   # plain mode: a progress line this often during a lon
 
 
 class Progress(Hook):
-    priority = 95
+    priority = Priority.PROGRESS
 
     def __init__(self, mode: str = "auto", stream=None, log=None):
         """`log(text)` receives the plain lines when the terminal shows a bar and tables
@@ -92,7 +90,7 @@ class Progress(Hook):
         return bar
 
     def iter_end(self, engine):
-        record = fresh(engine.state, "train")
+        record = engine.state.reports.fresh("train")
         if self.mode == "rich":
             info = _train_text(record) if record else None
             self.bar.update(self.task, completed=engine.state.epoch_iter,
@@ -111,7 +109,7 @@ class Progress(Hook):
         self._stop_eval_bar()
         if self.mode == "off":
             return
-        rec = engine.state.metrics["last_eval"]
+        rec = engine.state.reports.latest(engine.state.evaluation.name)
         self._plain(f"{rec['event']} epoch {rec['epoch']} iter {rec['iteration']}: top1 {rec['top1']:.4f} "
                     f"top5 {rec.get('top5', float('nan')):.4f} loss {rec['loss']:.4f} "
                     f"(best top1 {rec['best_top1']:.4f} at epoch {rec['best_epoch']})")
@@ -126,7 +124,7 @@ class Progress(Hook):
         if self.mode == "off":
             return
         state = engine.state
-        ev, tr = state.metrics.get("eval", {}), state.metrics.get("train", {})
+        ev, tr = state.reports.latest("eval") or {}, state.reports.latest("train") or {}
         summary = {"epochs": str(state.epoch), "steps": str(state.iteration),
                    "time": f"{time.perf_counter() - self.start_time:.1f} s",
                    "train img/s": _fmt(tr.get("img_per_s_run"), ".1f")}

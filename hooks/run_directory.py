@@ -120,8 +120,8 @@ class RunDirectory:
     def starting_point(self, checkpoint: Optional[str]) -> Optional[str]:
         """The checkpoint to resume from (None: from the beginning), or a refusal that keeps
         an earlier run's files safe. `checkpoint`: Global.checkpoint (None, "auto" or a path)."""
-        ways_out = (f"continue it with -o Global.checkpoint=auto, or start over in another "
-                    f"-o Global.output_dir=...")
+        ways_out = ("continue it with -o Global.checkpoint=auto, or start over in another "
+                    "-o Global.output_dir=...")
         if not checkpoint:
             found = self.previous_run()
             if found:

@@ -2,15 +2,15 @@
 
 Sums the loss on the device and reads it back only every `every` steps (and at the end of an
 epoch), so there is no host-device sync per step. The first `warmup` steps after (re)start are
-left out of the speed figures. The latest record is `state.metrics["train"]`; loggers use it.
+left out of the speed figures. Each report is put as "train" in `state.reports`.
 """
 import time
 
-from engine import Hook, dist
+from engine import Hook, Priority, dist
 
 
 class TrainMeter(Hook):
-    priority = 0
+    priority = Priority.TRAIN_METER
 
     def __init__(self, every: int = 10, warmup: int = 2):
         self.every, self.warmup = max(1, every), warmup
@@ -51,7 +51,7 @@ class TrainMeter(Hook):
             self.timed_steps += 1
         end_of_epoch = state.iters_per_epoch and state.epoch_iter >= state.iters_per_epoch
         if state.epoch_iter % self.every == 0 or end_of_epoch:
-            state.metrics["train"] = self._record(state)
+            state.reports.put("train", self._record(state))
             self._reset_window()
         self.last_end = time.perf_counter()
 
@@ -60,10 +60,11 @@ class TrainMeter(Hook):
         self.run_images, self.run_busy = self.run_images + self.images, self.run_busy + busy
         per_step = busy / self.timed_steps if self.timed_steps else None
         remaining = (state.max_iterations or state.iteration) - state.iteration
+        lr = state.reports.latest("lr")
         return {
             "event": "train", **state.counters(),
             "loss": float(self.loss_sum) / self.loss_count,
-            "lr": state.metrics.get("lr"),
+            "lr": lr["lr"] if lr else None,
             "img_per_s": self.images * dist.world_size() / busy if busy and self.images else None,
             "img_per_s_per_device": self.images / busy if busy and self.images else None,
             "img_per_s_run": (self.run_images * dist.world_size() / self.run_busy
@@ -73,7 +74,6 @@ class TrainMeter(Hook):
             "eta_s": per_step * remaining if per_step is not None else None,
         }
 
-
     def state_dict(self):
         """The losses of the open window, so that the first report after a resume averages
         the same steps as it would have without the interruption."""
@@ -82,9 +82,3 @@ class TrainMeter(Hook):
 
     def load_state_dict(self, state):
         self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
-
-
-def fresh(state, kind: str):
-    """The record of `kind` ('train' or 'eval') if it was produced at this very iteration."""
-    record = state.metrics.get(kind)
-    return record if record and record["iteration"] == state.iteration else None

@@ -4,14 +4,12 @@ train/loss, train/lr, train/img_per_s (and train/loss_scale with float16 loss sc
 report; {eval,eval_ema}/top1, top5 and loss at each evaluation; the x axis is the optimizer
 step. `visualdl --logdir OUTPUT_DIR/vdl` shows them.
 """
-from engine import Hook, dist
+from engine import Hook, Priority, dist
 from engine.errors import UserError
-
-from .train_meter import fresh
 
 
 class VisualDL(Hook):
-    priority = 86  # after the train meter and evaluation have published their records
+    priority = Priority.VISUALDL
 
     def __init__(self, logdir: str):
         try:
@@ -27,7 +25,7 @@ class VisualDL(Hook):
             self.writer = self._writer_class(logdir=self.logdir)
 
     def iter_end(self, engine):
-        record = fresh(engine.state, "train")
+        record = engine.state.reports.fresh("train", with_parts=True)
         if self.writer is None or record is None:
             return
         for key in ("loss", "lr", "img_per_s", "loss_scale"):
@@ -35,7 +33,8 @@ class VisualDL(Hook):
                 self.writer.add_scalar(tag=f"train/{key}", step=record["iteration"], value=float(record[key]))
 
     def eval_end(self, engine):
-        record = engine.state.metrics["last_eval"]
+        state = engine.state
+        record = state.reports.latest(state.evaluation.name)
         if self.writer is not None:
             for key in ("top1", "top5", "loss"):
                 if key in record:

@@ -5,7 +5,6 @@ by (seed, epoch, index). `set_epoch(epoch, start_batch=k)` skips the first k bat
 index arithmetic: nothing is loaded for them.
 """
 import math
-from typing import List, Tuple
 
 import numpy as np
 

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import paddle
 import pytest
+from tests.conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HOOKS = '''
 import os, paddle

@@ -4,7 +4,6 @@ that walks the whole schema with wrong types and out-of-range values."""
 import contextlib
 import io
 import os
-import subprocess
 
 import numpy as np
 import pytest

@@ -9,8 +9,8 @@ import yaml
 
 from deit.schema import SCHEMA
 from engine.config import ConfigError, load_config
+from tests.conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLSC = sorted(glob.glob(os.path.join(ROOT, "configs", "plsc", "*.yaml")))  # PLSC's own, unchanged
 
 

@@ -6,8 +6,9 @@ import paddle
 import pytest
 
 from deit.model import FACTORIES, VisionTransformer
+from tests.conftest import ROOT
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 def _n_params(model):
@@ -81,9 +82,10 @@ def test_init_schemes(scheme, std):
 
 def test_cpu_linear_gradients_match_the_hand_derivation():
     """y = x W + b: dL/dx = g W^T, dL/dW = x^T g, dL/db = sum of g over rows (numpy)."""
-    from deit.cpu_linear import Linear
+    from deit.cpu_linear import Linear, use_gemm_bias
     rng = np.random.default_rng(0)
-    layer = Linear(6, 5)
+    layer = use_gemm_bias(paddle.nn.Linear(6, 5))
+    assert type(layer) is Linear  # swapped in place: same parameters, same state_dict keys
     x_np, g_np = rng.standard_normal((2, 3, 6)).astype("float32"), rng.standard_normal((2, 3, 5)).astype("float32")
     x = paddle.to_tensor(x_np, stop_gradient=False)
     y = layer(x)
@@ -96,3 +98,23 @@ def test_cpu_linear_gradients_match_the_hand_derivation():
     np.testing.assert_allclose(layer.bias.grad.numpy(), g_np.reshape(-1, 5).sum(0), rtol=1e-5, atol=1e-6)
     with paddle.no_grad():  # inference takes nn.Linear's own path, same values
         np.testing.assert_allclose(layer(x).numpy(), y.numpy(), rtol=0, atol=0)
+
+
+def test_the_cpu_gemm_path_is_swapped_in_by_the_wiring_not_built_into_the_model(tiny_config):
+    """The model is plain nn.Linear (export, GPU, AMP see Paddle's own layer); fp32 training on
+    CPU swaps in the GEMM-bias path, with the same state_dict keys."""
+    from deit.build import build_model, build_training
+    from deit.cpu_linear import Linear as GemmBiasLinear
+    from deit.schema import SCHEMA
+    from engine.config import load_config
+
+    def linear_types(model):
+        return {type(layer) for layer in model.sublayers() if isinstance(layer, paddle.nn.Linear)}
+    cfg = load_config(tiny_config, schema=SCHEMA)
+    plain = build_model(cfg["Model"])
+    assert linear_types(plain) == {paddle.nn.Linear}
+    trained = build_training(cfg).engine.model
+    assert linear_types(trained) == {GemmBiasLinear}
+    assert list(trained.state_dict()) == list(plain.state_dict())
+    amp = build_training(load_config(tiny_config, ["FP16.level=O1"], schema=SCHEMA)).engine.model
+    assert linear_types(amp) == {paddle.nn.Linear}

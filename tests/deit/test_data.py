@@ -14,8 +14,9 @@ from deit.data.sampler import ResumableBatchSampler, ShardedEvalSampler
 from deit.data.transforms import RandCropImage, RandomErasing, TimmAutoAugment
 from deit.errors import DataError
 from tests.scripted_rng import ScriptedRNG
+from tests.conftest import ROOT
 
-FIX = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "timm_data.npz"))
+FIX = np.load(os.path.join(ROOT, "tests", "fixtures", "timm_data.npz"))
 
 
 def test_random_resized_crop_params_equal_timm_for_the_same_draws():
@@ -182,7 +183,7 @@ def test_list_file_errors_name_file_and_line(tmp_path):
 def test_plsc_train_and_eval_transforms_build_and_are_deterministic():
     import yaml
     from deit.data.transforms import build_transforms
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     with open(os.path.join(root, "configs", "plsc", "DeiT_base_patch16_224_in1k_1n8c_dp_fp16o2.yaml")) as f:
         cfg = yaml.safe_load(f)
     train = build_transforms(cfg["DataLoader"]["Train"]["dataset"]["transform_ops"])

@@ -3,7 +3,6 @@ import json
 import os
 
 import paddle
-import pytest
 
 import run
 

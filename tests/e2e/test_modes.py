@@ -9,6 +9,7 @@ import pytest
 
 import run
 from deit.flops import vit_macs
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("dims, published", [((224, 16, 192, 12), 1.3), ((224, 16, 384, 12), 4.6),
@@ -146,7 +147,7 @@ def test_a_bundled_config_is_found_by_name_from_any_directory(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert "demo.yaml" in bundled() and len([n for n in bundled() if n.startswith("plsc/")]) == 3
     for name in ("demo.yaml", "demo", "configs/demo.yaml"):
-        assert find_config(name) == os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
+        assert find_config(name) == os.path.join(ROOT, "configs", "demo.yaml")
     assert run.main(["-c", "demo", "--dry-run", "-o", f"DataLoader.Train.dataset.image_root={tmp_path / 'd'}",
                      "-o", f"DataLoader.Eval.dataset.image_root={tmp_path / 'd'}"]) == 0
     assert "VisionTransformer" in capsys.readouterr().out
@@ -161,7 +162,7 @@ def test_the_sdist_holds_its_tests_and_the_wheel_its_configs(tmp_path):
     import subprocess
     import tarfile
     import zipfile
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     src = tmp_path / "src"
     shutil.copytree(root, src, ignore=shutil.ignore_patterns(".git", ".venv*", "output", "*.egg-info", "build"))
     result = subprocess.run([sys.executable, "-c", "from setuptools import build_meta as b; print(b.build_sdist('dist'))"],
@@ -174,7 +175,7 @@ def test_the_sdist_holds_its_tests_and_the_wheel_its_configs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     wheel = next(n for n in os.listdir(src / "dist") if n.endswith(".whl"))
     names = tarfile.open(src / "dist" / sdist).getnames()
-    for wanted in ("LICENSE", "pytest.ini", "tests/test_resume_exact.py", "tests/fixtures/timm_deit_tiny.npz",
+    for wanted in ("LICENSE", "pytest.ini", "tests/e2e/test_resume_exact.py", "tests/fixtures/timm_deit_tiny.npz",
                    "configs/demo.yaml", "configs/plsc/DeiT_base_patch16_224_in1k_1n8c_dp_fp32.yaml"):
         assert any(n.endswith("/" + wanted) for n in names), wanted
     files = zipfile.ZipFile(src / "dist" / wheel).namelist()

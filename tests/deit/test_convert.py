@@ -12,8 +12,9 @@ from deit.model import DeiT_tiny_patch16_224, VisionTransformer
 from deit.pretrained import fit_state_dict, resample_pos_embed
 from tests.fixtures.make_timm_fixtures import seeded_input, seeded_weights
 from safetensors.numpy import save_file as write_safetensors
+from tests.conftest import ROOT
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 @pytest.fixture(scope="module")

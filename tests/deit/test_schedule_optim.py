@@ -8,8 +8,9 @@ import pytest
 from deit.model import DeiT_tiny_patch16_224, VisionTransformer
 from deit.optim import build_adamw, no_decay_names
 from deit.schedule import TimmCosine
+from tests.conftest import ROOT
 
-FIX = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "timm_cosine.npz"))
+FIX = np.load(os.path.join(ROOT, "tests", "fixtures", "timm_cosine.npz"))
 EPOCHS, ITERS = int(FIX["epochs"]), int(FIX["iters"])
 
 

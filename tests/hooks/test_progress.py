@@ -1,10 +1,12 @@
 """The Progress hook: eval progress for long evaluations, and prints during a live bar in the log."""
 import io
 import time
+from functools import partial
 
 import paddle
 import pytest
 
+from deit.evaluate import Evaluation
 from engine import Engine, Events
 from hooks import progress as progress_module
 from hooks.evaluate import Evaluate
@@ -35,8 +37,9 @@ class SlowBatches:
 
 def _engine(evaluate_unit="epoch"):
     engine = Engine(lambda engine, batch: {"loss": 1.0}, [0, 1, 2, 3], max_epochs=2)
-    engine.register(Evaluate(paddle.nn.Linear(4, 3), SlowBatches(), topk=(1,), unit=evaluate_unit,
-                             interval=2 if evaluate_unit == "step" else 1))
+    evaluation = Evaluation(SlowBatches(), topk=(1,))
+    engine.register(Evaluate(partial(evaluation, paddle.nn.Linear(4, 3)), unit=evaluate_unit,
+                             interval=2 if evaluate_unit == "step" else 1, batches=evaluation.batches))
     engine.on(Events.ITER_END, lambda e: print(f"a line printed at step {e.state.iteration}"), every=3)
     return engine
 
