@@ -46,10 +46,6 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    @property
-    def num_classes(self) -> int:
-        return max(label for _, label in self.samples) + 1
-
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         rng = np.random.default_rng([self.seed, epoch, index])
