@@ -56,7 +56,8 @@ class DecodeImage:
 
 class RandCropImage:
     """timm/torchvision RandomResizedCrop: 10 tries at a random area and log-uniform aspect,
-    else a center crop clamped to the ratio range; then resize to `size`."""
+    else a center crop clamped to the ratio range; then crop, and resize the crop to `size`
+    (resizing with a box would let the filter read pixels outside it)."""
 
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0),
                  interpolation="bicubic", backend="pil"):
@@ -84,7 +85,7 @@ class RandCropImage:
 
     def __call__(self, img, rng):
         top, left, h, w = self.get_params(img.width, img.height, rng)
-        return img.resize(self.size[::-1], self.interp, box=(left, top, left + w, top + h))
+        return img.crop((left, top, left + w, top + h)).resize(self.size[::-1], self.interp)
 
 
 class RandFlipImage:
