@@ -120,25 +120,32 @@ def _train(cfg, dry_run: bool) -> int:
     with run_dir:  # rank 0 holds output_dir/run.lock until the run ends
         resumed = dist.agreed(lambda: _start(checkpoint, engine, cfg["Global"]["checkpoint"]))
         with run_dir.logging_output(" ".join(sys.argv)):  # from here on, rank 0 prints to train.log too
-            return _run(cfg, engine, run_dir, resumed, summary)
+            return _run(cfg, training, run_dir, resumed, summary)
 
 
-def _run(cfg, engine, run_dir, resumed, summary) -> int:
+def _run(cfg, training, run_dir, resumed, summary) -> int:
     import yaml
     from engine import dist
     from deit.errors import UserError as DeitUserError
     from engine.errors import UserError
     from engine.files import atomic_write_text
+    from deit.build import describe_world_change
     from hooks.checkpoint import Interrupted
-    state = engine.state
+    engine, state = training.engine, training.engine.state
+    drift = state.reports.latest("resume") if resumed else None
+    if drift and drift["world_size"][0] != drift["world_size"][1]:
+        elastic_text, fields = describe_world_change(cfg, training, drift["world_size"][0])
+        state.reports.put("resume/elastic", fields)  # joins the resume row of metrics.jsonl
     if dist.is_main():
         print(summary, flush=True)
         if resumed:
             print(f"resumed from {resumed} at epoch {state.epoch}, iteration {state.iteration}")
             drift = state.reports.latest("resume")
-            if drift:
+            if drift and drift["changes"]:
                 print(f"resume: config changed since {os.path.basename(resumed)}: " +
                       "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in drift["changes"].items()))
+            if drift and drift["world_size"][0] != drift["world_size"][1]:
+                print(elastic_text, flush=True)
             if state.epoch >= state.max_epochs and state.epoch_ended:
                 print(f"the run in {run_dir.path} is complete ({state.epoch} of {state.max_epochs} epochs): "
                       f"raise Global.epochs to train longer, or start over in another Global.output_dir")

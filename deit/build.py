@@ -23,6 +23,7 @@ from engine import Engine, Events, Hook, dist
 from engine.serialization import load_restricted
 from hooks.checkpoint import Checkpoint, read_checkpoint
 from hooks.data_health import DataHealth
+from hooks.data_position import DataPosition
 from hooks.ema import EMA
 from hooks.evaluate import Evaluate
 from hooks.grad_scaler import GradScaler
@@ -249,7 +250,7 @@ def load_trained_weights(cfg, model, mode: str) -> str:
     if not ckpt:
         raise SetupError(f"{mode} needs weights: set -o Global.pretrained_model=PATH_PREFIX (a .pdparams "
                          f"file, e.g. output/final) or -o Global.checkpoint=PATH.pdckpt|auto")
-    model.set_state_dict(read_checkpoint(ckpt, model, shape_problems, world_size=None)["model"])
+    model.set_state_dict(read_checkpoint(ckpt, model, shape_problems)["model"])
     return ckpt
 
 
@@ -344,9 +345,9 @@ def build_training(cfg):
     checkpoint = Checkpoint(run_dir, model, optimizer, g["save_interval"], g["save_unit"],
                             g["max_num_latest_checkpoint"], config=cfg, world_size=dist.world_size(),
                             fixed=RESUME_FIXED, shape_problems=shape_problems,
-                            facts={"training images": len(train_loader.dataset),
-                                   "steps per epoch": len(train_loader)}, best_of="eval")
-    hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule), checkpoint,
+                            facts={"training images": len(train_loader.dataset)}, best_of="eval")
+    hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule.at), checkpoint,
+              DataPosition(train_loader),
               MetricsLog(run_dir.file("metrics.jsonl")), Progress(g["progress"], log=run_dir.append_to_log),
               DataHealth(train_loader.dataset)]
     if g["use_visualdl"]:
@@ -381,6 +382,33 @@ def engine_step(train_step):
     def step(engine, batch):
         return train_step(batch, after_backward=partial(engine.fire, Events.AFTER_BACKWARD))
     return step
+
+
+def describe_world_change(cfg, training: Training, old_world: int) -> tuple:
+    """A resume on another number of processes: (the block printed at start, the fields
+    recorded in metrics.jsonl). The per-device batch is the config's; the global batch, the
+    steps per epoch and (under LRScheduler.scale_by_batch) the LR follow the process count."""
+    s, world = cfg["LRScheduler"], dist.world_size()
+    sampler = training.engine.data.batch_sampler
+    batch = sampler.batch_size
+    scales = [w * batch / s["scale_by_batch"] if s["scale_by_batch"] else 1.0 for w in (old_world, world)]
+    lrs = [s["learning_rate"] * k for k in scales]
+    steps = [sampler.steps_per_epoch(old_world), sampler.steps_per_epoch(world)]
+    state = training.engine.state
+    where = (f"the rest of epoch {state.epoch} is re-sharded over {world} process(es), each remaining "
+             f"sample once" if not state.epoch_ended else f"epoch {state.epoch + 1} starts as a fresh "
+             f"launch of {world} process(es) would")
+    lr_text = (f"lr {lrs[0]:.4g} -> {lrs[1]:.4g} (LRScheduler.scale_by_batch={s['scale_by_batch']})"
+               if s["scale_by_batch"] else f"lr {lrs[0]:.4g}, unchanged (LRScheduler.scale_by_batch is 0)")
+    unit = ("per epoch: each epoch keeps its LR" if s["decay_unit"] == "epoch" else
+            "per step: it continues from the same point of its curve, counted in epochs done")
+    text = "\n".join([
+        f"elastic resume: {old_world} -> {world} process(es)",
+        f"  global batch {old_world * batch} -> {world * batch} ({batch} per device); "
+        f"steps per epoch {steps[0]} -> {steps[1]}",
+        f"  {lr_text}; the schedule ({s['name']}) runs {unit}",
+        f"  {where}"])
+    return text, {"global_batch": [old_world * batch, world * batch], "steps_per_epoch": steps, "lr": lrs}
 
 
 def build_evaluation(cfg, autocast=contextlib.nullcontext, loader=None) -> Evaluation:

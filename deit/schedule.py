@@ -30,9 +30,15 @@ class TimmCosine:
         self.decay_unit = decay_unit
 
     def __call__(self, iteration: int) -> float:
+        return self.at((iteration - 1) / self.iters)
+
+    def at(self, epochs_done: float) -> float:
+        """The LR of the step taken after `epochs_done` epochs (a fraction): the same curve
+        whatever the steps per epoch, so a run resumed on another number of processes goes on
+        where it stopped. The step unit counts in this run's steps (t = epochs x iters)."""
         if self.decay_unit == "epoch":
-            epoch = (iteration - 1) // self.iters + 1
+            epoch = math.floor(epochs_done + 1e-9) + 1
             return timm_cosine(max(epoch - 2, 0), self.base_lr, self.eta_min, self.warmup_epoch,
                                self.warmup_start_lr, self.epochs)
-        return timm_cosine(iteration - 1, self.base_lr, self.eta_min, self.warmup_epoch * self.iters,
+        return timm_cosine(epochs_done * self.iters, self.base_lr, self.eta_min, self.warmup_epoch * self.iters,
                            self.warmup_start_lr, self.epochs * self.iters)

@@ -13,7 +13,10 @@ class Engine:
     """Runs `step(engine, batch)` over `data` for `max_epochs`, firing events to hooks.
 
     `data` may define `set_epoch(epoch, start_batch=k)`: the engine calls it before each
-    epoch so that a resumed run continues at batch k without loading the batches before it.
+    epoch so that a resumed run continues at batch k without loading the batches before it;
+    its length is read again after it (an epoch resumed on another number of processes has
+    another number of steps). `progress(k)`, if defined, is the fraction of the epoch done
+    after k steps (by samples), which `state.epochs_done()` reports.
     `model` and `optimizer` are held for hooks that need them; the step function uses its own
     references. The step fires AFTER_BACKWARD itself (`engine.fire("after_backward")`),
     and an eval hook fires EVAL_END.
@@ -99,6 +102,8 @@ class Engine:
             state.epoch_ended = False
         if hasattr(self.data, "set_epoch"):
             self.data.set_epoch(state.epoch, start_batch=state.epoch_iter)
+            state.iters_per_epoch = _len_or_none(self.data)
+        state.epoch_fraction = getattr(self.data, "progress", None)
         self.fire(Events.EPOCH_START)
         for state.batch in self.data:
             state.epoch_iter += 1

@@ -1,6 +1,6 @@
 """Everything a hook may read about the run, in one place."""
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .reports import Reports
 
@@ -29,6 +29,7 @@ class State:
     batch: Any = None
     output: Any = None
     evaluation: Optional[EvalProgress] = None  # set from EVAL_START through EVAL_END
+    epoch_fraction: Optional[Callable[[int], float]] = field(default=None, repr=False)  # data.progress
     reports: Reports = field(init=False, repr=False)  # what hooks publish for each other
     should_stop: bool = False
     exception: Optional[BaseException] = None
@@ -50,12 +51,24 @@ class State:
     def is_last_epoch(self) -> bool:
         return self.epoch >= self.max_epochs
 
+    def epochs_done(self, steps: Optional[int] = None) -> float:
+        """Epochs trained after `steps` steps of the current epoch (default: all so far), as a
+        fraction: 1.5 is half-way through epoch 2, counted in samples when the data says how
+        (so it survives a change of the number of processes), else in steps."""
+        steps = self.epoch_iter if steps is None else steps
+        if self.epoch_fraction is not None:
+            fraction = self.epoch_fraction(steps)
+        elif self.iters_per_epoch:
+            fraction = steps / self.iters_per_epoch
+        else:
+            return float(self.epoch)
+        return max(self.epoch - 1 + fraction, 0.0)
+
     def counters(self) -> Dict[str, Any]:
-        """For records: the counters, and `epochs_done`, the epochs trained so far as a
-        fraction (1.5 is half-way through epoch 2), an x axis that survives batch changes."""
-        done = self.epoch - 1 + self.epoch_iter / self.iters_per_epoch if self.iters_per_epoch else self.epoch
+        """For records: the counters, and `epochs_done` (see above), an x axis that survives
+        changes of the batch."""
         return {"epoch": self.epoch, "iteration": self.iteration, "epoch_iter": self.epoch_iter,
-                "epochs_done": round(max(done, 0.0), 6)}
+                "epochs_done": round(self.epochs_done(), 6)}
 
     def position(self) -> Dict[str, Any]:
         """Where the loop is: the counters, and whether this epoch's EPOCH_END has begun."""

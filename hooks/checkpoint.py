@@ -75,14 +75,15 @@ class Checkpoint(Hook):
         checkpoint_state.check_format(ckpt, path)
         changes = self._check_drift(ckpt, path, engine)  # first: it names the config keys
         self._check_facts(ckpt, path)
-        checkpoint_state.check_fit(ckpt, path, self.model, self.world_size, self.shape_problems)
+        checkpoint_state.check_fit(ckpt, path, self.model, self.shape_problems)
         checkpoint_state.restore(ckpt, engine, self.model, self.optimizer)
         if not self.run_dir.owns(path):
             self.saved = []  # another directory's checkpoints are never this run's to delete
-        if changes:  # run.py prints them once train.log is open; metrics.jsonl records them
+        worlds = [ckpt["world_size"], self.world_size]
+        if changes or worlds[0] != worlds[1]:  # run.py prints them once train.log is open; metrics.jsonl records them
             engine.state.reports.put("resume", {
                 "event": "resume", **engine.state.counters(), "from": path,
-                "changes": {k: [old, new] for k, old, new in changes}})
+                "changes": {k: [old, new] for k, old, new in changes}, "world_size": worlds})
         return path
 
     def _check_facts(self, ckpt, path):
@@ -213,9 +214,9 @@ class Checkpoint(Hook):
         self.saved = [n for n in state["saved"] if isinstance(n, str) and CHECKPOINT.match(n)]
 
 
-def read_checkpoint(path: str, model, shape_problems: Callable, world_size: Optional[int] = 1) -> dict:
-    """A training checkpoint, checked against `model` and the launch size (None: any size)."""
+def read_checkpoint(path: str, model, shape_problems: Callable) -> dict:
+    """A training checkpoint, checked against `model`."""
     ckpt = load_restricted(path, "Global.checkpoint")
     checkpoint_state.check_format(ckpt, path)
-    checkpoint_state.check_fit(ckpt, path, model, world_size, shape_problems)
+    checkpoint_state.check_fit(ckpt, path, model, shape_problems)
     return ckpt

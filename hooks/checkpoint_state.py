@@ -74,22 +74,15 @@ def _layout_problem(value, layout, where):
     return None
 
 
-def check_fit(ckpt, path: str, model, world_size, shape_problems) -> None:
-    """Refuse a checkpoint of another model or launch size. `shape_problems(found, expected)`
-    lists differences between name -> shape maps; `world_size` None skips the launch-size
-    check (evaluation)."""
+def check_fit(ckpt, path: str, model, shape_problems) -> None:
+    """Refuse a checkpoint of another model. `shape_problems(found, expected)` lists
+    differences between name -> shape maps. (Another launch size is fine: the data position is
+    kept in global terms, see hooks/data_position.py.)"""
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     found = {k: list(np.shape(v)) for k, v in ckpt["model"].items()}
     problems = shape_problems(found, expected)
     if problems:
         raise CheckpointError(f"Global.checkpoint: {path} was saved from another model: " + "; ".join(problems))
-    saved_world = ckpt["world_size"]
-    if world_size is not None and saved_world != world_size:
-        raise CheckpointError(
-            f"Global.checkpoint: {path} was saved by a run of {saved_world} process(es) and this launch "
-            f"has {world_size}: its position in the epoch and its global batch (and LR) belong to "
-            f"{saved_world}; relaunch with {saved_world} process(es) (python -m paddle.distributed.launch "
-            f"--nproc_per_node ...), or start a new run from its weights")
 
 
 def restore(ckpt: dict, engine, model, optimizer) -> None:

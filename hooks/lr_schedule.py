@@ -1,9 +1,11 @@
-"""Sets the optimizer's learning rate before every step from a pure lr(iteration) function."""
+"""Sets the optimizer's learning rate before every step from a pure function of progress."""
 from engine import Hook, Priority
 
 
 class LRSchedule(Hook):
-    """No state of its own: the LR is a function of `state.iteration`, so resume is exact.
+    """`schedule(epochs_done)` gives the LR of a step from the epochs trained before it (a
+    fraction, `state.epochs_done`): no state of its own, so resume is exact, and a run that
+    continues on another number of processes (other steps per epoch) continues the same curve.
     Puts {"lr"} as "lr" in `state.reports` for the train report."""
 
     priority = Priority.LR_SCHEDULE
@@ -12,6 +14,7 @@ class LRSchedule(Hook):
         self.optimizer, self.schedule = optimizer, schedule
 
     def iter_start(self, engine):
-        lr = self.schedule(engine.state.iteration)
+        state = engine.state
+        lr = self.schedule(state.epochs_done(state.epoch_iter - 1))
         self.optimizer.set_lr(lr)
         engine.state.reports.put("lr", {"lr": lr})

@@ -29,7 +29,7 @@ class MetricsLog(Hook):
             self.file = self._open()
         except OSError as exc:
             raise write_failed(self.path, exc) from None
-        self._write(engine.state.reports.latest("resume"))  # what changed at a resume, if anything
+        self._write(engine.state.reports.fresh("resume", with_parts=True))  # what changed at a resume, if anything
 
     def _open(self):
         if self.resume_at is None:

@@ -112,3 +112,18 @@ def snapshot(directory):
         with open(path, "rb") as f:
             out[name] = (f.read(), os.stat(path).st_mtime_ns)
     return out
+
+
+def launch(tmp_path, nproc, args, name, expect_ok=True, launcher_args=()):
+    """run.py under paddle.distributed.launch with `nproc` CPU processes (gloo); hook modules in
+    tmp_path are importable. Returns the output and worker logs (and the exit code if not
+    expect_ok)."""
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), *launcher_args,
+           "--devices", "", "--log_dir", str(tmp_path / f"log_{name}"), os.path.join(ROOT, "run.py"), *args]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    logs = "".join(p.read_text() for p in sorted((tmp_path / f"log_{name}").glob("workerlog.*")))
+    if expect_ok:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + logs[-3000:]
+        return result.stdout + logs
+    return result.returncode, result.stdout + logs

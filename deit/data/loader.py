@@ -63,6 +63,16 @@ class Loader:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.batch_sampler.set_epoch(epoch, start_batch)
 
+    # the sampler's position in global terms (see ResumableBatchSampler), for resuming
+    def position(self, batches_done: int) -> dict:
+        return self.batch_sampler.position(batches_done)
+
+    def progress(self, batches_done: int) -> float:
+        return self.batch_sampler.progress(batches_done)
+
+    def resume_at(self, position: dict) -> None:
+        self.batch_sampler.resume_at(position)
+
     def __len__(self) -> int:
         return len(self.batch_sampler)
 

@@ -15,6 +15,13 @@ class ResumableBatchSampler:
 
     With repeats > 1 an epoch keeps DeiT's length: each rank sees
     floor(n // 256 * 256 / world_size) samples, so an epoch covers about n images in all.
+
+    Positions are also kept in global terms, so a run can continue on another number of
+    processes: an epoch is a prefix of one global sequence (the permutation, repeated, padded
+    for the world size the epoch began with), and after k steps of W ranks the first k * B * W
+    of it are consumed. `position(k)` says so; `resume_at(position)` re-shards the rest of that
+    epoch over this launch's ranks (each remaining sample used once), and later epochs are what
+    a fresh launch of this size draws.
     """
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool = True,
@@ -25,31 +32,104 @@ class ResumableBatchSampler:
         self.n, self.batch_size, self.shuffle, self.drop_last = num_samples, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.repeats = seed, rank, world_size, repeats
         self.epoch, self.start_batch = 1, 0
+        self._pending = None   # a position from a checkpoint, used when its epoch is set
+        self._plan = None      # the re-sharded rest of an epoch begun by another world size
 
+    # ---- an epoch's plan -----------------------------------------------------------------
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+        self.epoch, self.start_batch, self._plan = epoch, start_batch, None
+        pending, self._pending = self._pending, None
+        if pending is None or pending["epoch"] != epoch:
+            return
+        if pending["world_size"] == self.world_size and pending["consumed"] == self._consumed(start_batch):
+            return  # the same launch size, at its own step boundary: the plain plan continues
+        self._plan = self._reshard(pending, start_batch)
 
-    def _per_rank(self) -> int:
+    def steps_per_epoch(self, world_size: int) -> int:
+        """Steps of a full epoch launched with `world_size` ranks."""
+        per_rank = self._per_rank(world_size)
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+
+    def _per_rank(self, world_size=None) -> int:
+        world = world_size or self.world_size
         if self.repeats > 1:
-            return int(math.floor(self.n // 256 * 256 / self.world_size)) or math.ceil(self.n / self.world_size)
-        return math.ceil(self.n / self.world_size)
+            return int(math.floor(self.n // 256 * 256 / world)) or math.ceil(self.n / world)
+        return math.ceil(self.n / world)
 
-    def indices(self) -> np.ndarray:
-        """This rank's sample indices for the current epoch, in order."""
+    def _global_order(self, world_size: int) -> np.ndarray:
+        """This epoch's global sequence for an epoch begun by `world_size` ranks."""
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
         else:
             order = np.arange(self.n)
         order = np.repeat(order, self.repeats)
-        total = math.ceil(len(order) / self.world_size) * self.world_size
-        order = np.concatenate([order, order[: total - len(order)]])  # pad so ranks are equal
-        return order[self.rank:total:self.world_size][: self._per_rank()]
+        total = math.ceil(len(order) / world_size) * world_size
+        return np.concatenate([order, order[: total - len(order)]])  # pad so ranks are equal
+
+    def _epoch_total(self, world_size: int) -> int:
+        """Samples an uninterrupted epoch of `world_size` ranks trains on (a prefix)."""
+        per_rank = self._per_rank(world_size)
+        return (per_rank // self.batch_size * self.batch_size if self.drop_last else per_rank) * world_size
+
+    def _consumed(self, batches: int) -> int:
+        return min(batches * self.batch_size * self.world_size, self._epoch_total(self.world_size))
+
+    def _reshard(self, pending: dict, start_batch: int) -> dict:
+        """The rest of an epoch begun by another world size, as global chunks of one step each
+        (W x B samples; the last may be smaller, and one too small to give every rank a sample
+        joins the one before). Rank r takes chunk[r::W]."""
+        world, step = self.world_size, self.world_size * self.batch_size
+        order = self._global_order(pending["world_size"])
+        rest = order[pending["consumed"]:self._epoch_total(pending["world_size"])]
+        bounds = list(range(0, len(rest), step)) + [len(rest)]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < world:
+            del bounds[-2]
+        chunks = [rest[a:b] for a, b in zip(bounds, bounds[1:])]
+        if chunks and len(chunks[-1]) < world:  # fewer samples left than ranks: some repeat
+            chunks[-1] = np.resize(chunks[-1], world)
+        return {"from": pending, "base": start_batch, "chunks": chunks,
+                "total": self._epoch_total(pending["world_size"])}
+
+    # ---- positions in global terms --------------------------------------------------------
+    def position(self, batches_done: int) -> dict:
+        """Where this epoch stands after `batches_done` steps of it, for a checkpoint."""
+        if self._plan is None:
+            return {"epoch": self.epoch, "world_size": self.world_size, "consumed": self._consumed(batches_done)}
+        plan, done = self._plan, max(batches_done - self._plan["base"], 0)
+        consumed = plan["from"]["consumed"] + sum(len(c) for c in plan["chunks"][:done])
+        return {"epoch": self.epoch, "world_size": plan["from"]["world_size"], "consumed": min(consumed, plan["total"])}
+
+    def progress(self, batches_done: int) -> float:
+        """The fraction of this epoch's samples consumed after `batches_done` of its steps."""
+        position = self.position(batches_done)
+        return position["consumed"] / max(self._epoch_total(position["world_size"]), 1)
+
+    def resume_at(self, position: dict) -> None:
+        self._pending = dict(position)
+
+    def batch_indices(self, b: int) -> list:
+        """This rank's sample indices in batch `b` (0-based) of the current epoch."""
+        if self._plan is not None:
+            return [int(i) for i in self._plan["chunks"][b - self._plan["base"]][self.rank::self.world_size]]
+        return [int(i) for i in self.indices()[b * self.batch_size:(b + 1) * self.batch_size]]
+
+    # ---- iteration --------------------------------------------------------------------------
+    def indices(self) -> np.ndarray:
+        """This rank's sample indices for the current epoch, in order (plain plan)."""
+        order = self._global_order(self.world_size)
+        return order[self.rank::self.world_size][: self._per_rank()]
 
     def __len__(self) -> int:
+        if self._plan is not None:
+            return self._plan["base"] + len(self._plan["chunks"])
         per_rank = self._per_rank()
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def __iter__(self):
+        if self._plan is not None:
+            for b in range(self.start_batch, len(self)):
+                yield [(i, self.epoch) for i in self.batch_indices(b)]
+            return
         idx = self.indices()
         for b in range(self.start_batch, len(self)):
             chunk = idx[b * self.batch_size:(b + 1) * self.batch_size]

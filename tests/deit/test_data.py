@@ -241,3 +241,59 @@ def test_fused_channels_first_normalize_and_erasing_equal_the_hwc_path():
     np.testing.assert_allclose(out[~erased], ref[~erased], rtol=1e-6)
     expected = (np.asarray(img, np.float64) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     np.testing.assert_allclose(ref, expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def _epoch_keys(n, batch, world, epoch=3, repeats=1, drop_last=True, cuts=()):
+    """The samples every rank trains in `epoch`, as a Counter, when the run is cut after
+    the global steps in `cuts` (each a (step, next world size)) and resumed there."""
+    from collections import Counter
+    seen, position, start, size = Counter(), None, 0, world
+    stops = list(cuts) + [(None, None)]
+    for stop, next_size in stops:
+        samplers = [ResumableBatchSampler(n, batch, shuffle=True, drop_last=drop_last, seed=5, rank=r,
+                                          world_size=size, repeats=repeats) for r in range(size)]
+        for s in samplers:
+            if position is not None:
+                s.resume_at(position)
+            s.set_epoch(epoch, start_batch=start)
+        lengths = {len(s) for s in samplers}
+        assert len(lengths) == 1, "ranks must take the same number of steps"
+        end = lengths.pop() if stop is None else stop
+        for b in range(start, end):
+            batches = [s.batch_indices(b) for s in samplers]
+            assert all(batches), "every rank gets samples at every step"
+            for keys in batches:
+                seen.update(keys)
+        if stop is not None:
+            position, start, size = samplers[0].position(stop), stop, next_size
+            assert all(s.position(stop) == position for s in samplers)
+    return seen
+
+
+@pytest.mark.parametrize("n, batch, world, cuts, repeats, drop_last", [
+    (120, 16, 2, [(2, 1)], 1, True),            # 2 processes cut mid-epoch, resumed with 1
+    (120, 16, 1, [(3, 2)], 1, True),            # and the reverse
+    (103, 8, 3, [(2, 2), (4, 4)], 1, False),    # cut twice, the second inside the re-sharded rest
+    (700, 16, 2, [(5, 3)], 3, True),            # repeated augmentation (DeiT's RASampler)
+    (50, 4, 4, [(2, 3)], 1, False),             # a remainder smaller than a step
+    (120, 16, 2, [(3, 1)], 1, True),            # cut after the epoch's last step: nothing left
+])
+def test_an_epoch_resumed_on_another_number_of_processes_trains_each_sample_as_often(n, batch, world, cuts,
+                                                                                   repeats, drop_last):
+    kept = _epoch_keys(n, batch, world, repeats=repeats, drop_last=drop_last)
+    assert _epoch_keys(n, batch, world, repeats=repeats, drop_last=drop_last, cuts=cuts) == kept
+
+
+def test_positions_are_global_and_progress_counts_samples():
+    two = [ResumableBatchSampler(120, 16, drop_last=True, seed=5, rank=r, world_size=2) for r in range(2)]
+    for s in two:
+        s.set_epoch(1)
+    assert two[0].position(2) == {"epoch": 1, "world_size": 2, "consumed": 64}
+    assert two[0].progress(2) == pytest.approx(64 / 96) and len(two[0]) == 3
+    one = ResumableBatchSampler(120, 16, drop_last=True, seed=5, world_size=1)
+    one.resume_at(two[0].position(2))
+    one.set_epoch(1, start_batch=2)
+    assert len(one) == 4 and one.progress(2) == pytest.approx(64 / 96) and one.progress(3) == pytest.approx(80 / 96)
+    assert one.position(4) == {"epoch": 1, "world_size": 2, "consumed": 96}
+    one.set_epoch(2)  # the next epoch is a fresh 1-process epoch
+    assert len(one) == 7 and one.position(7) == {"epoch": 2, "world_size": 1, "consumed": 112}

@@ -42,14 +42,16 @@ class FakeOptimizer:
 def test_train_meter_reports_window_means_every_n_steps_and_at_the_epoch_end():
     engine = Engine(_loss_step, list(range(7)), max_epochs=2)
     collect = Collect("train")
-    for hook in (TrainMeter(every=3, warmup=0), LRSchedule(FakeOptimizer(), lambda it: 0.1 * it), collect):
+    for hook in (TrainMeter(every=3, warmup=0), LRSchedule(FakeOptimizer(), lambda epochs_done: 10 * epochs_done), collect):
         engine.register(hook)
     engine.run()
     # windows: steps 1-3, 4-6 and 7 (the epoch's end), per epoch
     means = [np.mean(LOSSES[0:3]), np.mean(LOSSES[3:6]), LOSSES[6]] * 2
     assert [r["loss"] for r in collect.seen] == pytest.approx(means)
     assert [r["iteration"] for r in collect.seen] == [3, 6, 7, 10, 13, 14]
-    assert [r["lr"] for r in collect.seen] == pytest.approx([0.3, 0.6, 0.7, 1.0, 1.3, 1.4])
+    # the LR of a step is set from the epochs done before it: step k of epoch e -> e - 1 + (k - 1) / 7
+    assert [r["lr"] for r in collect.seen] == pytest.approx([10 * (e - 1 + (k - 1) / 7) for e, k in
+                                                             ((1, 3), (1, 6), (1, 7), (2, 3), (2, 6), (2, 7))])
     assert [r["epochs_done"] for r in collect.seen] == pytest.approx([3 / 7, 6 / 7, 1, 1 + 3 / 7, 1 + 6 / 7, 2])
     assert collect.seen[-1]["eta_s"] == 0 and collect.seen[-1]["img_per_s"] > 0
 
