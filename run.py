@@ -11,6 +11,8 @@ MODES = """modes:
                                                    top-k classes of images (eager or exported model)
   %(prog)s -c CONFIG --dry-run [-o ...]            build everything, print the hooks, do not train
   %(prog)s plot OUTPUT_DIR                         PNG curves from OUTPUT_DIR/metrics.jsonl
+  %(prog)s launch LAUNCH_ARGS -- -c CONFIG [...]   paddle.distributed.launch, supervised: a node
+                                                   that never joins ends it with one line
 """
 import argparse
 import contextlib
@@ -73,6 +75,8 @@ def main(argv=None, force_eval: bool = False) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["plot"]:
         return _plot(argv[1:])
+    if argv[:1] == ["launch"]:
+        return _launch(argv[1:])
     args = parse_args(argv)
     from configs import find_config
     args.config = find_config(args.config)  # a path, or the name of a bundled config
@@ -197,6 +201,19 @@ def _plot(argv) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _launch(argv) -> int:
+    """`launch --nnodes 2 --master IP:PORT --nproc_per_node 8 [...] -- -c CONFIG [-o ...]`."""
+    if "--" not in argv or argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: {_prog()} launch [paddle.distributed.launch options] -- -c CONFIG [-o KEY=VALUE ...]\n"
+              f"runs this program under paddle.distributed.launch; if no worker has started after "
+              f"DEIT_CONNECT_TIMEOUT seconds (default 900: a node that never joined), it stops the launch "
+              f"with one line", file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    from engine.launch import supervised_launch
+    cut = argv.index("--")
+    return supervised_launch(argv[:cut], os.path.abspath(__file__), argv[cut + 1:])
 
 
 def _export(cfg) -> int:

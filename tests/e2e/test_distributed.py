@@ -110,3 +110,53 @@ def test_a_master_that_never_answers_is_one_line_within_the_connect_timeout(tiny
                       f"and can reach 127.0.0.1:{closed_port}"], result.stderr[-2000:]
     assert "waited 2 s for rank 0" in result.stdout  # progress while waiting
     assert not out.exists()
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node(tmp_path, node_rank, port, args, name, env_extra=None):
+    """One node of a --nnodes 2 launch (one CPU process each), through `run.py launch`."""
+    cmd = [sys.executable, os.path.join(ROOT, "run.py"), "launch", "--nnodes", "2", "--rank", str(node_rank),
+           "--master", f"127.0.0.1:{port}", "--nproc_per_node", "1", "--devices", "",
+           "--log_dir", str(tmp_path / f"log_{name}"), "--", *args]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]), **(env_extra or {}))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_train_as_one_job(tiny_config, tmp_path):
+    """Two launchers with --nnodes 2 and one master act as two nodes; the ranks end equal."""
+    (tmp_path / "dist_hooks.py").write_text(HOOKS)
+    out, port = tmp_path / "out", _free_port()
+    args = ["-c", tiny_config, "-o", "Global.epochs=1", "-o", f"Global.output_dir={out}",
+            "-o", f"Hooks=[{{dist_hooks.SaveEveryRank: {{out: '{out}'}}}}]"]
+    nodes = [_node(tmp_path, r, port, args, f"node{r}") for r in (0, 1)]
+    results = [n.communicate(timeout=240) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], [r[1][-2000:] for r in results]
+    r0, r1 = _weights(out / "rank0.pdparams"), _weights(out / "rank1.pdparams")
+    assert all(np.array_equal(r0[k], r1[k]) for k in r0), "the nodes diverged"
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl") if '"train"' in l]
+    assert rows[-1]["iteration"] == 3  # 120 images / (2 nodes x 16), drop_last: one job, not two
+
+
+def test_a_node_that_never_joins_is_one_line_within_the_connect_timeout(tiny_config, tmp_path):
+    """Paddle's launcher polls its rendezvous for the missing node forever, before any worker
+    starts; `run.py launch` ends it after DEIT_CONNECT_TIMEOUT with one line, and leaves no
+    process behind."""
+    port = _free_port()
+    node = _node(tmp_path, 0, port, ["-c", tiny_config, "-o", f"Global.output_dir={tmp_path / 'out'}"], "alone",
+                 env_extra={"DEIT_CONNECT_TIMEOUT": "6"})
+    _, err = node.communicate(timeout=120)
+    assert node.returncode == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: node 0 waited 6 s for the other node(s) of --nnodes 2 at the master 127.0.0.1:{port}, "
+                      f"and no worker started (DEIT_CONNECT_TIMEOUT=6): start the same command on every node "
+                      f"(each with its --rank) and check that they reach 127.0.0.1:{port}"], err[-2000:]
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "log_alone")], capture_output=True, text=True).stdout
+    assert left.strip() == "", "the launcher's processes outlived it"
+    assert not (tmp_path / "out").exists()

@@ -32,21 +32,25 @@ def hooks(tmp_path):
     return tmp_path
 
 
-def _args(config, out, *hooks):
+def _overrides(out, *hooks):
     """2 epochs of 120 images, 16 per device, drop_last: 3 steps per epoch on 2 processes, 7 on 1;
     a checkpoint after every step; no warm-up, so the cosine LR falls at every step."""
     hook_list = ", ".join("{" + h + "}" for h in (f"elastic_hooks.RecordSamples: {{out: '{out}'}}",) + hooks)
-    return ["-c", config, "-o", f"Global.output_dir={out}", "-o", "Global.save_unit=step",
-            "-o", "Global.save_interval=1", "-o", "LRScheduler.warmup_epoch=0", "-o", f"Hooks=[{hook_list}]"]
+    return ["Global.save_unit=step", "Global.save_interval=1", "LRScheduler.warmup_epoch=0", f"Hooks=[{hook_list}]"]
 
 
-def _run(tmp_path, nproc, args, name, expect_ok=True):
+def _run(tmp_path, nproc, config, out, overrides, name, expect_ok=True):
+    """run.py on `nproc` processes: paddle.distributed.launch for several, a plain process for one."""
     if nproc > 1:
+        args = ["-c", config, "-o", f"Global.output_dir={out}"]
+        for item in overrides:
+            args += ["-o", item]
         return launch(tmp_path, nproc, args, name, expect_ok=expect_ok)
-    result = run_cli(args[1], args[3].split("=", 1)[1], *[a for a in args[4:] if a != "-o"], hooks_dir=tmp_path)
+    result = run_cli(config, out, *overrides, hooks_dir=tmp_path)
     if expect_ok:
         assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout if expect_ok else (result.returncode, result.stdout + result.stderr)
+        return result.stdout
+    return result.returncode, result.stdout + result.stderr
 
 
 def _samples(out):
@@ -67,19 +71,19 @@ def _train_rows(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("before, after, cut", [(2, 1, 2), (1, 2, 3)])
+@pytest.mark.parametrize("before, after, cut", [(2, 1, 2), (1, 2, 3), (2, 1, 3)])  # 3 of 3: the last step
 def test_killed_on_n_processes_resumed_on_m_trains_every_sample_of_the_epoch_once(tiny_config, hooks, tmp_path,
                                                                                    before, after, cut):
     reference = tmp_path / "reference"
-    _run(tmp_path, before, _args(tiny_config, reference), "reference")
+    _run(tmp_path, before, tiny_config, reference, _overrides(reference), "reference")
     fresh = tmp_path / "fresh"   # what a launch of the new size draws from epoch 2 on
-    _run(tmp_path, after, _args(tiny_config, fresh), "fresh")
+    _run(tmp_path, after, tiny_config, fresh, _overrides(fresh), "fresh")
 
     out = tmp_path / "cut"
-    code, _ = _run(tmp_path, before, _args(tiny_config, out, f"fault_hooks.KillAt: {{step: {cut}}}"), "cut",
-                   expect_ok=False)
+    code, _ = _run(tmp_path, before, tiny_config, out, _overrides(out, f"fault_hooks.KillAt: {{step: {cut}}}"),
+                   "cut", expect_ok=False)
     assert code != 0 and (out / "latest.txt").read_text().strip() == f"step_{cut}.pdckpt"
-    printed = _run(tmp_path, after, _args(tiny_config, out) + ["-o", "Global.checkpoint=auto"], "resumed")
+    printed = _run(tmp_path, after, tiny_config, out, _overrides(out) + ["Global.checkpoint=auto"], "resumed")
     assert f"elastic resume: {before} -> {after} process(es)" in printed
 
     cut_epochs, _ = _samples(out)
