@@ -243,17 +243,19 @@ def _export(cfg) -> int:
 def _evaluate(cfg) -> int:
     from rich.console import Console
     from rich.table import Table
-    from deit.build import build_evaluation, build_model, load_trained_weights, setup_runtime
+    from deit.build import build_evaluation, build_model, load_trained_weights, model_for_inference, setup_runtime
     from engine import dist
     setup_runtime(cfg)
     evaluation = build_evaluation(cfg)
     model = build_model(cfg["Model"])
     weights = load_trained_weights(cfg, model, "--eval")
+    model, backend = model_for_inference(cfg, model)
     metrics = evaluation(model)
     if dist.is_main():
         print(f"eval: top1={metrics['top1']:.6f} top5={metrics.get('top5', float('nan')):.6f} "
-              f"loss={metrics['loss']:.6f} images={metrics['count']} devices={dist.world_size()} weights={weights}")
-        table = Table(title=f"Evaluation of {weights}")
+              f"loss={metrics['loss']:.6f} images={metrics['count']} devices={dist.world_size()} weights={weights} "
+              f"backend={backend}")
+        table = Table(title=f"Evaluation of {weights} ({backend})")
         for key in ("top1", "top5", "loss", "count"):
             if key in metrics:
                 table.add_row(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))

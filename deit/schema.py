@@ -147,6 +147,8 @@ SCHEMA = {
             "class_id_map_file": ("str?", None),
         },
         "inference_model": ("str?", None),              # ours: an exported PREFIX, run by Paddle Inference
+        # ours, for --predict and --eval from weights: auto = Paddle Inference on CPU (faster)
+        "backend": (("auto", "eager", "paddle_inference"), "auto"),
         "format": (("table", "jsonl"), "table"),        # ours: what --predict prints
         "save_path": ("str?", None),                    # ours: also write JSON lines here
     },
