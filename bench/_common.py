@@ -53,3 +53,29 @@ def timed(fn):
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def worker_parser(doc: str, workers, batch: int, steps: int):
+    """The options every interleaved-subprocess bench takes (`--worker` is how it calls itself)."""
+    import argparse
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--torch-python", default=sys.executable)
+    p.add_argument("--worker", choices=sorted(workers))
+    return p
+
+
+def spawn_worker(python: str, script: str, worker_args, drop_env=()):
+    """Run `script --worker ...` in a fresh process; returns (img/s, None) or (None, the error's
+    last line). `drop_env`: variables we set for Paddle that a reference run must not see."""
+    import json
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k not in drop_env}
+    result = subprocess.run([python, script, *worker_args], capture_output=True, text=True, env=env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        return None, (result.stderr.strip().splitlines() or ["failed"])[-1]
+    return json.loads(lines[-1])["img_per_s"], None

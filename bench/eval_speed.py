@@ -8,16 +8,16 @@ Each measurement is a fresh subprocess, the runs interleaved, after warm-up batc
 gives medians and each run's ratio to timm (target: >= 1.0x). `tiny` is DeiT-Ti/16 at 224 px,
 `demo` configs/demo.yaml's ViT (32 px, patch 4, dim 64, depth 4).
 """
-import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _common import spawn_worker, worker_parser  # noqa: E402
 _SET_FOR_PADDLE = set()
 MODELS = {  # name: (our constructor kwargs, timm kwargs, image size)
     "tiny": (dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, class_num=1000),
@@ -113,27 +113,14 @@ LABELS = {"eager": "ours, eager (no_grad)", "inference": "ours, Paddle Inference
 
 
 def _spawn(python, which, args):
-    cmd = [python, os.path.abspath(__file__), "--worker", which, "--model", args.model, "--batch",
-           str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    env = dict(os.environ)
-    if which == "timm":
-        env = {k: v for k, v in env.items() if k not in _SET_FOR_PADDLE}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
-    if result.returncode != 0 or not lines:
-        return None, (result.stderr.strip().splitlines() or ["failed"])[-1]
-    return json.loads(lines[-1])["img_per_s"], None
+    return spawn_worker(python, os.path.abspath(__file__),
+                        ["--worker", which, "--model", args.model, "--batch", str(args.batch), "--steps",
+                         str(args.steps), "--warmup", str(args.warmup)], _SET_FOR_PADDLE if which == "timm" else ())
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = worker_parser(__doc__, WORKERS, batch=64, steps=5)
     p.add_argument("--model", choices=sorted(MODELS), default="tiny")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--torch-python", default=sys.executable)
-    p.add_argument("--worker", choices=sorted(WORKERS))
     args = p.parse_args()
     sys.path.insert(0, os.path.dirname(HERE))
     if args.worker:

@@ -7,15 +7,15 @@ thread pool), ours and timm's interleaved, after warm-up steps; the table gives 
 the ratio. Threads: OMP_NUM_THREADS = the cores available unless already set. timm runs when
 torch and timm are importable by --torch-python (default: this interpreter).
 """
-import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _common import spawn_worker, worker_parser  # noqa: E402
 _SET_FOR_PADDLE = set()
 
 
@@ -94,27 +94,14 @@ WORKERS = {"ours": worker_ours, "plsc": worker_plsc, "timm": worker_timm}
 
 
 def _spawn(python, which, args):
-    cmd = [python, os.path.abspath(__file__), "--worker", which, "--batch", str(args.batch),
-           "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    env = dict(os.environ)
-    if which != "ours":  # timm and the PLSC-style run get the user's environment, not ours
-        env = {k: v for k, v in env.items() if k not in _SET_FOR_PADDLE}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
-    if result.returncode != 0 or not lines:
-        return None, result.stderr.strip().splitlines()[-1:] or ["failed"]
-    return json.loads(lines[-1])["img_per_s"], None
+    # timm and the PLSC-style run get the user's environment, not the one we set for Paddle
+    return spawn_worker(python, os.path.abspath(__file__),
+                        ["--worker", which, "--batch", str(args.batch), "--steps", str(args.steps),
+                         "--warmup", str(args.warmup)], () if which == "ours" else _SET_FOR_PADDLE)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--torch-python", default=sys.executable)
-    p.add_argument("--worker", choices=sorted(WORKERS))
-    args = p.parse_args()
+    args = worker_parser(__doc__, WORKERS, batch=32, steps=8).parse_args()
     sys.path.insert(0, os.path.dirname(HERE))
     if args.worker:  # the environment was set by the parent, before this process loaded Paddle
         print(json.dumps({"img_per_s": WORKERS[args.worker](args.batch, args.steps, args.warmup)}))
