@@ -6,16 +6,26 @@ so a run resumed on another number of processes trains the rest of that epoch ex
 The engine's own position (epoch, step) is saved by the engine; this adds the samples.
 """
 from engine import Hook, Priority
+from engine.errors import CheckpointError
 
 
 class DataPosition(Hook):
     priority = Priority.NORMAL
 
     def __init__(self, data):
-        self.data, self.state = data, None
+        self.data, self.state, self.loaded = data, None, False
 
     def started(self, engine):
-        self.state = engine.state
+        """A checkpoint without a position (written before positions were kept) can continue
+        mid-epoch only on its own number of processes: refuse before anything is trained."""
+        self.state = state = engine.state
+        resume = state.reports.latest("resume")
+        worlds = resume.get("world_size") if resume else None
+        if worlds and worlds[0] != worlds[1] and not self.loaded and not state.epoch_ended and state.epoch_iter:
+            raise CheckpointError(
+                f"Global.checkpoint: {resume['from']} stopped inside epoch {state.epoch} and holds no data "
+                f"position (it predates elastic resume): continue it on {worlds[0]} process(es), or from a "
+                f"checkpoint taken at an epoch's end")
 
     def state_dict(self):
         if self.state is None or self.state.epoch == 0:
@@ -25,3 +35,4 @@ class DataPosition(Hook):
     def load_state_dict(self, state):
         if state.get("position"):
             self.data.resume_at(state["position"])
+            self.loaded = True

@@ -143,3 +143,25 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tiny_config, tmp_path, hoo
     assert "Traceback" not in result.stderr
     assert (out / "latest.txt").read_text().strip() == "step_3.pdckpt"  # nothing saved for step 5
     assert not (out / "step_5.pdckpt").exists()
+
+
+def test_a_checkpoint_without_a_data_position_continues_mid_epoch_only_on_its_own_size(tiny_config, capsys):
+    """Checkpoints written before positions were kept: another world size mid-epoch is refused
+    (its samples cannot be re-sharded), the same size continues as before."""
+    out = os.path.join(os.path.dirname(tiny_config), "out")
+    assert run.main(["-c", tiny_config, "-o", "Global.epochs=1", "-o", "Global.save_unit=step",
+                     "-o", "Global.save_interval=3"]) == 0
+    path = os.path.join(out, "step_3.pdckpt")
+    ckpt = paddle.load(path)
+    assert ckpt["engine"]["hooks"].pop("DataPosition")["position"]["consumed"] == 48
+    ckpt["world_size"] = 2
+    paddle.save(ckpt, path)
+    with open(os.path.join(out, "latest.txt"), "w") as f:
+        f.write("step_3.pdckpt\n")
+    capsys.readouterr()
+    assert run.main(["-c", tiny_config, "-o", "Global.epochs=1", "-o", "Global.checkpoint=auto"]) == 2
+    err = capsys.readouterr().err
+    assert "stopped inside epoch 1 and holds no data position" in err and "on 2 process(es)" in err
+    ckpt["world_size"] = 1
+    paddle.save(ckpt, path)
+    assert run.main(["-c", tiny_config, "-o", "Global.epochs=1", "-o", "Global.checkpoint=auto"]) == 0
