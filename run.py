@@ -153,6 +153,8 @@ def _run(cfg, training, run_dir, resumed, summary) -> int:
             if state.epoch >= state.max_epochs and state.epoch_ended:
                 print(f"the run in {run_dir.path} is complete ({state.epoch} of {state.max_epochs} epochs): "
                       f"raise Global.epochs to train longer, or start over in another Global.output_dir")
+    if resumed and state.epoch >= state.max_epochs and state.epoch_ended:
+        return 0  # nothing to train: no empty "done" summary, no file rewritten
     try:
         if dist.is_main():
             atomic_write_text(run_dir.file("config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
