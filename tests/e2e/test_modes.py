@@ -100,10 +100,15 @@ def test_help_lists_every_mode_under_the_name_it_was_called_by(monkeypatch, caps
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: deit-train")
-    for mode in ("--eval", "--export", "--dry-run", "deit-train plot OUTPUT_DIR"):
+    for mode in ("--eval", "--export", "--predict", "--dry-run", "deit-train plot OUTPUT_DIR",
+                 "deit-train launch LAUNCH_ARGS -- -c CONFIG"):
         assert mode in text
     assert run.main(["plot", "--help"]) == 0
     assert "usage: deit-train plot [-h] OUTPUT_DIR" in capsys.readouterr().out
+    assert run.main(["launch", "--help"]) == 0
+    assert "usage: deit-train launch [paddle.distributed.launch options] -- -c CONFIG" in capsys.readouterr().out
+    assert run.main(["launch", "--nnodes", "2"]) == 2  # no "--": what to run is missing
+    assert "usage: deit-train launch" in capsys.readouterr().err
     assert run.main(["plot"]) == 2
 
 
