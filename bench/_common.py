@@ -79,3 +79,35 @@ def spawn_worker(python: str, script: str, worker_args, drop_env=()):
     if result.returncode != 0 or not lines:
         return None, (result.stderr.strip().splitlines() or ["failed"])[-1]
     return json.loads(lines[-1])["img_per_s"], None
+
+
+# the timm scripts' dataset: PLSC's list file (`relative/path label`) under the demo's root
+TORCH_LIST_DATASET = """
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, root, list_file, transform):
+        with open(os.path.join(root, list_file)) as f:
+            self.items = [(os.path.join(root, p), int(l)) for p, l in (x.rsplit(maxsplit=1) for x in f if x.strip())]
+        self.transform = transform
+    def __len__(self): return len(self.items)
+    def __getitem__(self, i):
+        path, label = self.items[i]
+        with Image.open(path) as im:
+            return self.transform(im.convert("RGB")), label
+"""
+
+
+def reference_setup(scripts: dict):
+    """What the benches against a timm script share: our CPU environment (returning the
+    variables set only for Paddle, which the reference must not get), the demo dataset
+    generated before any clock starts, and a temporary folder holding `scripts` (name ->
+    text). Returns (demo root, folder, variables to drop for the reference)."""
+    import tempfile
+    from deit.cpu_env import configure_cpu_math
+    from deit.data.demo import ensure_demo_dataset
+    ours_only = set(configure_cpu_math()) - {"OMP_NUM_THREADS"}
+    root = ensure_demo_dataset()
+    work = tempfile.mkdtemp()
+    for name, text in scripts.items():
+        with open(os.path.join(work, name), "w") as f:
+            f.write(text)
+    return root, work, ours_only

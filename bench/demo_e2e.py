@@ -16,7 +16,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,22 +33,13 @@ root, epochs, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 torch.manual_seed(0)
 
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, list_file, transform):
-        with open(os.path.join(root, list_file)) as f:
-            self.items = [(os.path.join(root, p), int(l)) for p, l in (x.rsplit(maxsplit=1) for x in f if x.strip())]
-        self.transform = transform
-    def __len__(self): return len(self.items)
-    def __getitem__(self, i):
-        path, label = self.items[i]
-        with Image.open(path) as im:
-            return self.transform(im.convert("RGB")), label
+LIST_DATASET
 
 norm = T.Normalize([0.5] * 3, [0.5] * 3)
-train = torch.utils.data.DataLoader(ListDataset("train_list.txt", T.Compose([
+train = torch.utils.data.DataLoader(ListDataset(root, "train_list.txt", T.Compose([
     T.RandomResizedCrop(32, scale=(0.35, 1.0), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(), norm])),
     batch_size=64, shuffle=True, drop_last=True, num_workers=1, persistent_workers=True)
-val = torch.utils.data.DataLoader(ListDataset("val_list.txt", T.Compose([
+val = torch.utils.data.DataLoader(ListDataset(root, "val_list.txt", T.Compose([
     T.Resize(36, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32), T.ToTensor(), norm])),
     batch_size=250, shuffle=False, num_workers=0)
 model = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2, num_classes=10)
@@ -92,15 +82,11 @@ def main():
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--torch-python", default=sys.executable)
     args = p.parse_args()
-    sys.path.insert(0, ROOT)
-    from deit.cpu_env import configure_cpu_math
-    from deit.data.demo import ensure_demo_dataset
-    ours_only = set(configure_cpu_math()) - {"OMP_NUM_THREADS"}
-    root = ensure_demo_dataset()  # generated before the clocks start
-    work = tempfile.mkdtemp()
+    sys.path.insert(0, HERE)
+    from _common import reference_setup
+    from _common import TORCH_LIST_DATASET
+    root, work, ours_only = reference_setup({"timm_demo.py": TIMM_SCRIPT.replace("LIST_DATASET", TORCH_LIST_DATASET)})
     script = os.path.join(work, "timm_demo.py")
-    with open(script, "w") as f:
-        f.write(TIMM_SCRIPT)
     timm_env = {k: v for k, v in os.environ.items() if k not in ours_only}
     runs, top1 = {"ours": [], "timm": []}, {}
     for i in range(args.repeats):

@@ -10,7 +10,6 @@ the training process itself: loader workers are separate, smaller processes. Tar
 """
 import argparse
 import os
-import resource
 import subprocess
 import sys
 

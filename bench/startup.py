@@ -15,7 +15,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,16 +42,7 @@ from timm.data import create_transform
 root = sys.argv[1]
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, root, list_file, transform):
-        with open(os.path.join(root, list_file)) as f:
-            self.items = [(os.path.join(root, p), int(l)) for p, l in (line.rsplit(maxsplit=1) for line in f if line.strip())]
-        self.transform = transform
-    def __len__(self): return len(self.items)
-    def __getitem__(self, i):
-        path, label = self.items[i]
-        with Image.open(path) as im:
-            return self.transform(im.convert("RGB")), label
+LIST_DATASET
 
 transform = create_transform(224, is_training=True, interpolation="bicubic", scale=(0.35, 1.0))
 loader = torch.utils.data.DataLoader(ListDataset(root, "train_list.txt", transform), batch_size=32, shuffle=True,
@@ -84,16 +74,11 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--torch-python", default=sys.executable)
     args = p.parse_args()
-    sys.path.insert(0, ROOT)
-    from deit.cpu_env import configure_cpu_math
-    from deit.data.demo import ensure_demo_dataset
-    ours_only = set(configure_cpu_math()) - {"OMP_NUM_THREADS"}
-    root = ensure_demo_dataset()  # generated before the clocks start
-    work = tempfile.mkdtemp()
-    with open(os.path.join(work, "startup_hooks.py"), "w") as f:
-        f.write(OUR_HOOK)
-    with open(os.path.join(work, "timm_first_step.py"), "w") as f:
-        f.write(TIMM_SCRIPT)
+    sys.path.insert(0, HERE)
+    from _common import reference_setup
+    from _common import TORCH_LIST_DATASET
+    root, work, ours_only = reference_setup({"startup_hooks.py": OUR_HOOK,
+                                             "timm_first_step.py": TIMM_SCRIPT.replace("LIST_DATASET", TORCH_LIST_DATASET)})
     ours_cmd = [sys.executable, os.path.join(ROOT, "run.py"), "-c", "configs/demo.yaml",
                 "-o", f"Global.output_dir={os.path.join(work, 'out')}", "-o", "Global.checkpoint=null",
                 "-o", "Model.name=DeiT_tiny_patch16_224", "-o", "Model.drop_path_rate=0.1",

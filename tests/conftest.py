@@ -20,12 +20,12 @@ def tiny_dataset(tmp_path_factory):
                                train_per_class=12, val_per_class=4)
 
 
-@pytest.fixture
-def tiny_config(tiny_dataset, tmp_path):
-    """configs/demo.yaml shrunk to seconds: depth 2, dim 32, 2 epochs, batch 16, no workers."""
+def write_tiny_config(folder, tiny_dataset, edit=None) -> str:
+    """configs/demo.yaml shrunk to seconds: depth 2, dim 32, 2 epochs, batch 16, no workers,
+    output in folder/out; `edit(cfg)` changes it further. Returns the YAML's path."""
     with open(os.path.join(ROOT, "configs", "demo.yaml")) as f:
         cfg = yaml.safe_load(f)
-    cfg["Global"].update(output_dir=str(tmp_path / "out"), epochs=2, print_batch_step=2, checkpoint=None)
+    cfg["Global"].update(output_dir=str(folder / "out"), epochs=2, print_batch_step=2, checkpoint=None)
     cfg["Model"].update(embed_dim=32, depth=2, num_heads=2)
     for split, name in (("Train", "train_list.txt"), ("Eval", "val_list.txt")):
         section = cfg["DataLoader"][split]
@@ -33,6 +33,13 @@ def tiny_config(tiny_dataset, tmp_path):
                                   cls_label_path=os.path.join(tiny_dataset, name))
         section["sampler"]["batch_size"] = 16
         section["loader"]["num_workers"] = 0
-    path = tmp_path / "tiny.yaml"
+    if edit is not None:
+        edit(cfg)
+    path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
+
+
+@pytest.fixture
+def tiny_config(tiny_dataset, tmp_path):
+    return write_tiny_config(tmp_path, tiny_dataset)

@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 
 import run
 
@@ -13,23 +12,14 @@ import run
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory):
     """A tiny demo model trained for 3 epochs and exported once for the module: (config, dir)."""
-    from tests.conftest import ROOT
+    from tests.conftest import write_tiny_config
     work = tmp_path_factory.mktemp("predict")
-    with open(os.path.join(ROOT, "configs", "demo.yaml")) as f:
-        cfg = yaml.safe_load(f)
-    cfg["Global"].update(output_dir=str(work / "out"), epochs=3, checkpoint=None, progress="off")
-    cfg["Model"].update(embed_dim=32, depth=2, num_heads=2)
-    cfg["LRScheduler"]["learning_rate"] = 3e-3
-    for split, name in (("Train", "train_list.txt"), ("Eval", "val_list.txt")):
-        section = cfg["DataLoader"][split]
-        section["dataset"].update(name="ImageNetDataset", image_root=tiny_dataset,
-                                  cls_label_path=os.path.join(tiny_dataset, name))
-        section["sampler"]["batch_size"] = 16
-        section["loader"]["num_workers"] = 0
-    cfg["Infer"]["PostProcess"]["class_id_map_file"] = os.path.join(tiny_dataset, "label_list.txt")
-    path = str(work / "tiny.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f)
+
+    def edit(cfg):
+        cfg["Global"].update(epochs=3, progress="off")
+        cfg["LRScheduler"]["learning_rate"] = 3e-3
+        cfg["Infer"]["PostProcess"]["class_id_map_file"] = os.path.join(tiny_dataset, "label_list.txt")
+    path = write_tiny_config(work, tiny_dataset, edit)
     out = str(work / "out")
     assert run.main(["-c", path]) == 0
     assert run.main(["-c", path, "--export", "-o", f"Global.pretrained_model={out}/final"]) == 0
