@@ -137,23 +137,24 @@ def _run(cfg, training, run_dir, resumed, summary) -> int:
     from hooks.checkpoint import Interrupted
     engine, state = training.engine, training.engine.state
     drift = state.reports.latest("resume") if resumed else None
+    elastic_text = None
     if drift and drift["world_size"][0] != drift["world_size"][1]:
         elastic_text, fields = describe_world_change(cfg, training, drift["world_size"][0])
         state.reports.put("resume/elastic", fields)  # joins the resume row of metrics.jsonl
+    complete = bool(resumed) and state.epoch >= state.max_epochs and state.epoch_ended
     if dist.is_main():
         print(summary, flush=True)
         if resumed:
             print(f"resumed from {resumed} at epoch {state.epoch}, iteration {state.iteration}")
-            drift = state.reports.latest("resume")
             if drift and drift["changes"]:
                 print(f"resume: config changed since {os.path.basename(resumed)}: " +
                       "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in drift["changes"].items()))
-            if drift and drift["world_size"][0] != drift["world_size"][1]:
+            if elastic_text:
                 print(elastic_text, flush=True)
-            if state.epoch >= state.max_epochs and state.epoch_ended:
+            if complete:
                 print(f"the run in {run_dir.path} is complete ({state.epoch} of {state.max_epochs} epochs): "
                       f"raise Global.epochs to train longer, or start over in another Global.output_dir")
-    if resumed and state.epoch >= state.max_epochs and state.epoch_ended:
+    if complete:
         return 0  # nothing to train: no empty "done" summary, no file rewritten
     try:
         if dist.is_main():

@@ -279,9 +279,8 @@ def build_predictor(cfg):
     else:
         model = build_model(m)
         weights = load_trained_weights(cfg, model, "--predict")
-        runner, img_size = EagerModel(model), model.img_size
-        if _deploy(cfg):
-            runner = _inference_model(cfg, _export_to_temp(model))
+        runner = _inference_model(cfg, _export_to_temp(model)) if _deploy(cfg) else EagerModel(model)
+        img_size = model.img_size
     check_pipeline(transform, ops, img_size, key)
     return runner, weights, transform, files, names
 
@@ -372,7 +371,7 @@ def build_training(cfg):
         hooks.append(NanGuard(every=math.gcd(g["print_batch_step"], save_every)))
     train_model = paddle.DataParallel(model) if dist.world_size() > 1 else model
     global_batch = batch * dist.world_size()
-    lr_scale = global_batch / s["scale_by_batch"] if s["scale_by_batch"] else 1.0
+    lr_scale = lr_scale_for(s, global_batch)
     schedule = TimmCosine(s["learning_rate"], s["eta_min"], s["warmup_epoch"], s["warmup_start_lr"],
                           g["epochs"], len(train_loader), s["decay_unit"], lr_scale)
     step = make_train_step(train_model, build_loss(cfg["Loss"]["Train"], "Loss.Train"), optimizer,
@@ -407,6 +406,11 @@ def build_training(cfg):
     return Training(engine, checkpoint, evaluation)
 
 
+def lr_scale_for(scheduler: dict, global_batch: int) -> float:
+    """DeiT's linear rule when LRScheduler.scale_by_batch is set (lr x global_batch / N)."""
+    return global_batch / scheduler["scale_by_batch"] if scheduler["scale_by_batch"] else 1.0
+
+
 class Training(NamedTuple):
     engine: Engine
     checkpoint: Checkpoint              # owns the run directory and resuming
@@ -428,8 +432,7 @@ def describe_world_change(cfg, training: Training, old_world: int) -> tuple:
     s, world = cfg["LRScheduler"], dist.world_size()
     sampler = training.engine.data.batch_sampler
     batch = sampler.batch_size
-    scales = [w * batch / s["scale_by_batch"] if s["scale_by_batch"] else 1.0 for w in (old_world, world)]
-    lrs = [s["learning_rate"] * k for k in scales]
+    lrs = [s["learning_rate"] * lr_scale_for(s, w * batch) for w in (old_world, world)]
     steps = [sampler.steps_per_epoch(old_world), sampler.steps_per_epoch(world)]
     state = training.engine.state
     where = (f"the rest of epoch {state.epoch} is re-sharded over {world} process(es), each remaining "
@@ -465,7 +468,7 @@ def describe_run(cfg, training: Training) -> str:
     gflops = 2 * model_macs(model) / 1e9
     world, batch = dist.world_size(), loader.batch_sampler.batch_size
     eval_text = f", eval {training.evaluation.images} images" if training.evaluation else ", no evaluation"
-    lr_scale = batch * world / s["scale_by_batch"] if s["scale_by_batch"] else 1.0
+    lr_scale = lr_scale_for(s, batch * world)
     return "\n".join([
         f"model   {m['name']}: {params / 1e6:.2f} M parameters, {gflops:.3f} GFLOPs per image "
         f"(forward), {model.img_size}px, init {m['init']}",

@@ -122,8 +122,7 @@ class ResumableBatchSampler:
     def __len__(self) -> int:
         if self._plan is not None:
             return self._plan["base"] + len(self._plan["chunks"])
-        per_rank = self._per_rank()
-        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+        return self.steps_per_epoch(self.world_size)
 
     def __iter__(self):
         if self._plan is not None:
