@@ -57,32 +57,17 @@ def worker_eager(name, batch, steps, warmup):
 
 
 def _worker_inference(name, batch, steps, warmup, onednn):
+    """What --eval and --predict run on CPU: deit.predict.InferenceModel on the exported model."""
     import numpy as np
     paddle, model = _our_model(name)
     from deit.export import export_inference
-    from paddle import inference
+    from deit.predict import InferenceModel
     prefix = os.path.join(tempfile.mkdtemp(), "inference")
     size = MODELS[name][2]
     export_inference(model, [None, 3, size, size], prefix)
-    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-    config.disable_gpu()
-    config.set_cpu_math_library_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    config.disable_glog_info()
-    if onednn:
-        config.enable_onednn()
-    else:
-        config.disable_onednn()
-    predictor = inference.create_predictor(config)
+    runner = InferenceModel(prefix, "cpu", int(os.environ["OMP_NUM_THREADS"]), onednn=onednn)
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-    inp = predictor.get_input_handle(predictor.get_input_names()[0])
-    out = predictor.get_output_handle(predictor.get_output_names()[0])
-
-    def run_batch():
-        inp.reshape(list(x.shape))
-        inp.copy_from_cpu(x)
-        predictor.run()
-        out.copy_to_cpu()
-    return _timed(run_batch, batch, steps, warmup)
+    return _timed(lambda: runner(x), batch, steps, warmup)
 
 
 def worker_inference(name, batch, steps, warmup):

@@ -97,7 +97,7 @@ class InferenceModel:
 
     name = "paddle.inference"
 
-    def __init__(self, prefix: str, device: str = "cpu", threads: int = 0):
+    def __init__(self, prefix: str, device: str = "cpu", threads: int = 0, onednn: bool = True):
         from paddle import inference
         model_file = next((prefix + ext for ext in (".json", ".pdmodel") if os.path.isfile(prefix + ext)), None)
         if model_file is None or not os.path.isfile(prefix + ".pdiparams"):
@@ -109,8 +109,11 @@ class InferenceModel:
         else:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
-            config.enable_onednn()
-            self.name = "paddle.inference, oneDNN"
+            if onednn:
+                config.enable_onednn()
+                self.name = "paddle.inference, oneDNN"
+            else:
+                config.disable_onednn()
         config.disable_glog_info()
         try:
             self.predictor = inference.create_predictor(config)
