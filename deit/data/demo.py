@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from ..cache import cache_root
 from ..errors import DataError
 
 ORIENTATIONS = (0, 36, 72, 108, 144)   # degrees
@@ -22,8 +23,7 @@ CANVAS = 40
 
 
 def default_cache_dir() -> str:
-    base = os.environ.get("DEIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "deit_paddle")
-    return os.path.join(base, "demo_stripes")
+    return os.path.join(cache_root(), "demo_stripes")
 
 
 def _draw(label: int, rng) -> Image.Image:
