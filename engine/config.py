@@ -192,6 +192,8 @@ def _coerce(value, kind, label):
         if isinstance(kind, tuple):
             if value is False and "off" in kind:  # YAML 1.1 reads a bare `off` as false
                 return "off"
+            if value is True and "on" in kind:  # and a bare `on` as true
+                return "on"
             if value not in kind:
                 raise ConfigError(f"{label} must be one of {', '.join(map(str, kind))}; got {value!r}"
                                   f"{_suggest(str(value), kind)}")

@@ -124,3 +124,13 @@ def test_cli_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, tin
 def test_bare_off_in_yaml_means_the_off_choice(tmp_path):
     cfg = load_config(_write(tmp_path, "Global: {progress: off}"), ["Global.progress=off"], SCHEMA)
     assert cfg["Global"]["progress"] == "off"
+
+
+def test_bare_on_and_off_in_yaml_mean_those_choices(tmp_path):
+    for word in ("on", "off"):
+        cfg = load_config(_write(tmp_path, f"Global: {{cpu_kernels: {word}}}"), [], SCHEMA)
+        assert cfg["Global"]["cpu_kernels"] == word
+        assert load_config(_write(tmp_path, "Global: {}"), [f"Global.cpu_kernels={word}"],
+                           SCHEMA)["Global"]["cpu_kernels"] == word
+    with pytest.raises(ConfigError, match="progress must be one of auto, rich, plain, off; got True"):
+        load_config(_write(tmp_path, "Global: {progress: on}"), [], SCHEMA)
