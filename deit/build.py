@@ -44,7 +44,9 @@ from .data.loader import Loader
 from .data.mixup import from_plsc as mixup_from_plsc
 from .data.sampler import ResumableBatchSampler, ShardedEvalSampler
 from .checks import check_config, check_pipeline
+from .cpu_kernels import KernelsUnavailable, load as load_cpu_kernels
 from .cpu_linear import use_gemm_bias
+from .cpu_ops import use_cpu_kernels
 from .data.transforms import build_transforms
 from .errors import CheckpointError, SetupError, paddle_message, unknown
 from .flops import model_macs
@@ -88,6 +90,34 @@ def build_model(m) -> paddle.nn.Layer:
     if m["name"] not in FACTORIES:
         raise unknown("Model.name", m["name"], list(FACTORIES) + ["VisionTransformer"])
     return FACTORIES[m["name"]](**common)
+
+
+def cpu_kernels_for(cfg):
+    """The compiled GELU/LayerNorm/softmax kernels for fp32 training on CPU, or None: another
+    device or precision, Global.cpu_kernels off, or (auto) no way to build them here, said in
+    one line. `on` makes that last case an error."""
+    g = cfg["Global"]
+    if g["device"] != "cpu" or cfg["FP16"]["level"] != "O0" or g["cpu_kernels"] == "off":
+        return None
+    try:
+        return load_cpu_kernels()
+    except KernelsUnavailable as e:
+        if g["cpu_kernels"] == "on":
+            raise SetupError(f"Global.cpu_kernels is 'on', but {e}") from None
+        if dist.is_main():
+            print(f"note: {e}: GELU, LayerNorm and softmax stay on Paddle's slower CPU kernels "
+                  f"(-o Global.cpu_kernels=off silences this)")
+        return None
+
+
+def use_cpu_speed_paths(model, cfg, kernels):
+    """fp32 on CPU: the biases inside the GEMMs and, when built, the compiled kernels
+    (bench/NOTES.md has what each gains). Returns the model, changed in place."""
+    if cfg["Global"]["device"] == "cpu" and cfg["FP16"]["level"] == "O0":
+        use_gemm_bias(model)
+    if kernels is not None:
+        use_cpu_kernels(model, kernels)
+    return model
 
 
 def build_dataset(section: dict, seed: int, where: str, num_classes: int = None):
@@ -342,9 +372,8 @@ def build_training(cfg):
     if g["accum_steps"] < 1 or batch % g["accum_steps"]:
         raise SetupError(f"Global.accum_steps={g['accum_steps']} must divide "
                          f"DataLoader.Train.sampler.batch_size={batch} into equal micro-batches")
-    model = build_model(cfg["Model"])
-    if g["device"] == "cpu" and amp["level"] == "O0":  # fp32 on CPU: biases inside the GEMMs
-        use_gemm_bias(model)
+    kernels = cpu_kernels_for(cfg)
+    model = use_cpu_speed_paths(build_model(cfg["Model"]), cfg, kernels)
     for loader, split in ((train_loader, "Train"), (eval_loader, "Eval")):
         if loader is not None:
             check_pipeline(loader.dataset.transform, cfg["DataLoader"][split]["dataset"]["transform_ops"],
@@ -395,7 +424,7 @@ def build_training(cfg):
         hooks.append(evaluate(partial(evaluation, model)))
     ema = cfg["EMA"]
     if ema["decay"] > 0:
-        ema_model = build_model(cfg["Model"])
+        ema_model = use_cpu_speed_paths(build_model(cfg["Model"]), cfg, kernels)  # its evaluation gains
         hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"]))
         if evaluation is not None and ema["eval_with_ema"]:
             hooks.append(evaluate(partial(evaluation, ema_model), name="eval_ema"))

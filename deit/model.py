@@ -32,11 +32,12 @@ class Mlp(nn.Layer):
     def __init__(self, dim, hidden, drop=0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class Attention(nn.Layer):
@@ -58,9 +59,11 @@ class Attention(nn.Layer):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape([b, n, 3 * self.num_heads, c // self.num_heads])
         q, k, v = paddle.split(qkv, 3, axis=2)  # backward is one concat (unbind's is slow)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop,
-                                             training=self.training)
-        return self.proj_drop(self.proj(out.reshape([b, n, c])))
+        return self.proj_drop(self.proj(self.attend(q, k, v).reshape([b, n, c])))
+
+    def attend(self, q, k, v):
+        """softmax(q k^T / sqrt(head_dim)) v on [batch, tokens, heads, head_dim] tensors."""
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop, training=self.training)
 
 
 class Block(nn.Layer):

@@ -76,6 +76,7 @@ SCHEMA = {
         "use_visualdl": ("bool", False),
         "seed": ("int", 42, ">=0"),
         "num_threads": ("int", 0, ">=0"),               # ours: CPU threads, 0 = all cores
+        "cpu_kernels": (("auto", "on", "off"), "auto"),  # ours: compiled GELU/LayerNorm/softmax (fp32 CPU)
         "progress": (("auto", "rich", "plain", "off"), "auto"),  # ours
     },
     "FP16": {

@@ -1,0 +1,197 @@
+"""deit/cpu_kernels.c built once per machine and compiler, loaded with ctypes, called on tensors.
+
+Paddle's CPU kernels for GELU, LayerNorm backward and softmax run several times below memory
+speed; the C loops run 10-40x faster (bench/NOTES.md). They need a C compiler at first use
+(`$CC`, else cc/gcc/clang); the library is cached under $DEIT_CACHE/cpu_kernels, keyed by the
+source, the compiler, the flags and the CPU (-march=native code must not run on another CPU
+sharing the home directory). Without a compiler, `load` raises KernelsUnavailable and the
+caller keeps Paddle's ops.
+"""
+import contextlib
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import paddle
+
+from .cache import cache_root
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
+# Tried in order, the first that compiles wins: -march=native gives the loops the CPU's widest
+# vectors, -fopenmp-simd lets them vectorize their sums.
+FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp-simd"),
+    ("-O3", "-fopenmp-simd"),
+    ("-O3",),
+)
+_P, _N, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+SIGNATURES = {  # name: (argtypes, restype)
+    "gelu_forward": ([_P, _P, _N], None),
+    "gelu_backward": ([_P, _P, _P, _N], None),
+    "layer_norm_forward": ([_P, _P, _P, _P, _P, _P, _N, _N, _F], None),
+    "layer_norm_backward": ([_P, _P, _P, _P, _P, _P, _P, _P, _N, _N], None),
+    "softmax_forward": ([_P, _P, _N, _N, _F], None),
+    "softmax_backward": ([_P, _P, _P, _N, _N, _F], None),
+}
+
+
+class KernelsUnavailable(RuntimeError):
+    """Why the kernels cannot be used here (no compiler, a failed build, a failed self-check)."""
+
+
+def find_compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _cpu_identity() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compiler_identity(cc: str) -> str:
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise KernelsUnavailable(f"the C compiler {cc!r} does not run ({e})") from None
+
+
+def _build(cc: str, target: str) -> None:
+    """Compile to a private name, then rename into place: two processes building at once (the
+    ranks of a launch) each finish with a whole file, never a half-written one."""
+    partial = f"{target}.{os.getpid()}.tmp"
+    errors = ""
+    try:
+        for flags in FLAG_SETS:
+            cmd = [cc, *flags, "-fPIC", "-shared", SOURCE, "-o", partial, "-lm"]
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if result.returncode == 0:
+                os.replace(partial, target)
+                return
+            errors = result.stderr.strip().splitlines()[-1:] or ["no message"]
+    except (OSError, subprocess.TimeoutExpired) as e:
+        errors = [str(e)]
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    raise KernelsUnavailable(f"{cc} could not build {SOURCE}: {errors[0]}")
+
+
+def library_path(cc: str, cache: str | None = None) -> str:
+    with open(SOURCE, "rb") as f:
+        key = hashlib.sha256(f.read())
+    for part in (_compiler_identity(cc), repr(FLAG_SETS), _cpu_identity()):
+        key.update(part.encode())
+    return os.path.join(cache or os.path.join(cache_root(), "cpu_kernels"), f"deit_cpu_{key.hexdigest()[:16]}.so")
+
+
+class CpuKernels:
+    """The compiled functions on contiguous fp32 CPU tensors; every method allocates its outputs."""
+
+    def __init__(self, lib: ctypes.CDLL, path: str):
+        self.path = path
+        for name, (argtypes, restype) in SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, restype
+            setattr(self, "_" + name, fn)
+
+    def gelu_forward(self, x):
+        x, y = _dense(x), paddle.empty(x.shape, x.dtype)
+        self._gelu_forward(x.data_ptr(), y.data_ptr(), x.size)
+        return y
+
+    def gelu_backward(self, x, dy):
+        x, dy = _dense(x), _dense(dy)
+        dx = paddle.empty(x.shape, x.dtype)
+        self._gelu_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), x.size)
+        return dx
+
+    def layer_norm_forward(self, x, weight, bias, eps: float):
+        x, d = _dense(x), x.shape[-1]
+        rows = x.size // d
+        y, mean, rstd = paddle.empty(x.shape, x.dtype), paddle.empty([rows], x.dtype), paddle.empty([rows], x.dtype)
+        self._layer_norm_forward(x.data_ptr(), _dense(weight).data_ptr(), _dense(bias).data_ptr(), y.data_ptr(),
+                                 mean.data_ptr(), rstd.data_ptr(), rows, d, eps)
+        return y, mean, rstd
+
+    def layer_norm_backward(self, x, weight, mean, rstd, dy):
+        x, dy, d = _dense(x), _dense(dy), x.shape[-1]
+        dx, dw, db = paddle.empty(x.shape, x.dtype), paddle.empty([d], x.dtype), paddle.empty([d], x.dtype)
+        self._layer_norm_backward(x.data_ptr(), _dense(weight).data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                                  dy.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr(), x.size // d, d)
+        return dx, dw, db
+
+    def softmax_forward(self, x, scale: float = 1.0):
+        """softmax(scale * x) over the last axis."""
+        x, y = _dense(x), paddle.empty(x.shape, x.dtype)
+        self._softmax_forward(x.data_ptr(), y.data_ptr(), x.size // x.shape[-1], x.shape[-1], scale)
+        return y
+
+    def softmax_backward(self, y, dy, scale: float = 1.0):
+        y, dy = _dense(y), _dense(dy)
+        dx = paddle.empty(y.shape, y.dtype)
+        self._softmax_backward(y.data_ptr(), dy.data_ptr(), dx.data_ptr(), y.size // y.shape[-1], y.shape[-1], scale)
+        return dx
+
+
+def _dense(t):
+    if t.dtype != paddle.float32 or not t.place.is_cpu_place():
+        raise TypeError(f"the CPU kernels take float32 CPU tensors, got {t.dtype} on {t.place}")
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _self_check(kernels: CpuKernels) -> None:
+    """A miscompiled library must not train a model: GELU on a grid against math.erf."""
+    grid = [i / 8.0 for i in range(-48, 49)]
+    got = kernels.gelu_forward(paddle.to_tensor(grid, dtype="float32")).numpy()
+    worst = max(abs(g - 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0)))) for g, v in zip(got.tolist(), grid))
+    if not worst < 1e-5:
+        raise KernelsUnavailable(f"the kernels built from {SOURCE} fail their self-check (GELU off by {worst:.3g})")
+
+
+def _open(path: str) -> CpuKernels:
+    kernels = CpuKernels(ctypes.CDLL(path), path)
+    _self_check(kernels)
+    return kernels
+
+
+def load(cache: str | None = None) -> CpuKernels:
+    """Build (once) and load the kernels; KernelsUnavailable says why not.
+
+    A cached library that does not load or fails the self-check (a file damaged on disk) is
+    rebuilt once. A cache directory we cannot write to gets a build in a temporary directory,
+    removed once loaded (the mapping outlives the file)."""
+    cc = find_compiler()
+    if cc is None:
+        raise KernelsUnavailable("no C compiler found (set CC, or install gcc or clang)")
+    path = library_path(cc, cache)
+    if os.path.exists(path):
+        try:
+            return _open(path)
+        except (OSError, AttributeError, KernelsUnavailable):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        writable = os.access(os.path.dirname(path), os.W_OK)
+    except OSError:
+        writable = False
+    if writable:
+        _build(cc, path)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, os.path.basename(path))
+            _build(cc, path)
+            return _open(path)
+    try:
+        return _open(path)
+    except (OSError, AttributeError) as e:
+        raise KernelsUnavailable(f"cannot load {path} ({e})") from None

@@ -1,0 +1,101 @@
+"""GELU, LayerNorm and attention's softmax on the compiled CPU kernels (deit/cpu_kernels.py),
+swapped into a built model by the wiring, as deit/cpu_linear.py does for Linear.
+
+The swapped layers keep their parameters and state_dict keys. They take the kernels in eager
+mode on fp32 CPU tensors, with or without grad (training-time evaluation gains too); anything
+else (a static graph for export, another dtype or device) takes the layer's own Paddle path.
+"""
+import paddle
+import paddle.nn as nn
+from paddle.autograd import PyLayer
+
+from .model import Attention
+
+
+def _kernel_path(x) -> bool:
+    return paddle.in_dynamic_mode() and x.dtype == paddle.float32 and x.place.is_cpu_place()
+
+
+class _Gelu(PyLayer):
+    @staticmethod
+    def forward(ctx, x, kernels):
+        ctx.kernels = kernels
+        ctx.save_for_backward(x)
+        return kernels.gelu_forward(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensor()
+        return ctx.kernels.gelu_backward(x, dy)
+
+
+class _LayerNorm(PyLayer):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, kernels):
+        y, mean, rstd = kernels.layer_norm_forward(x, weight, bias, eps)
+        ctx.kernels = kernels
+        ctx.save_for_backward(x, weight, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensor()
+        return ctx.kernels.layer_norm_backward(x, weight, mean, rstd, dy)
+
+
+class _ScaledSoftmax(PyLayer):
+    """softmax(scale * x) over the last axis: attention's scale folded into the softmax."""
+
+    @staticmethod
+    def forward(ctx, x, scale, kernels):
+        y = kernels.softmax_forward(x, scale)
+        ctx.kernels, ctx.scale = kernels, scale
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensor()
+        return ctx.kernels.softmax_backward(y, dy, ctx.scale)
+
+
+class GELU(nn.GELU):
+    def forward(self, x):
+        if not self._approximate and _kernel_path(x):
+            return _Gelu.apply(x, self.cpu_kernels)
+        return super().forward(x)
+
+
+class LayerNorm(nn.LayerNorm):
+    def forward(self, x):
+        if (_kernel_path(x) and len(self._normalized_shape) == 1 and self.weight is not None
+                and self.bias is not None):
+            return _LayerNorm.apply(x, self.weight, self.bias, float(self._epsilon), self.cpu_kernels)
+        return super().forward(x)
+
+
+class CpuAttention(Attention):
+    """The math of Paddle's CPU scaled_dot_product_attention (transpose, q k^T, softmax, @ v),
+    with the scale and the softmax in one kernel."""
+
+    def attend(self, q, k, v):
+        if (self.attn_drop and self.training) or not _kernel_path(q):
+            return super().attend(q, k, v)
+        q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
+        weights = _ScaledSoftmax.apply(paddle.matmul(q, k, transpose_y=True), q.shape[-1] ** -0.5,
+                                       self.cpu_kernels)
+        return paddle.matmul(weights, v).transpose([0, 2, 1, 3])
+
+
+SWAPS = {nn.GELU: GELU, nn.LayerNorm: LayerNorm, Attention: CpuAttention}
+
+
+def use_cpu_kernels(model: nn.Layer, kernels) -> nn.Layer:
+    """Swap the model's GELU, LayerNorm and Attention layers for the kernel versions, in place.
+    For fp32 on CPU; the caller knows the device and dtype."""
+    for layer in model.sublayers(include_self=True):
+        swap = SWAPS.get(type(layer))
+        if swap is not None:
+            layer.__class__ = swap
+            layer.cpu_kernels = kernels
+    return model
