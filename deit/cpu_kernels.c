@@ -144,3 +144,28 @@ void softmax_backward(const float *restrict y, const float *restrict dy, float *
         for (int64_t j = 0; j < d; j++) dxr[j] = scale * yr[j] * (gr[j] - s);
     }
 }
+
+/* Attention's layout changes, one pass each, in place of a split and four transposes (and their
+   backward copies). Tokens-first is [batch, tokens, groups, heads, head_dim] (the qkv Linear's
+   output with groups = 3, the attention output with groups = 1); heads-first is one
+   [batch, heads, tokens, head_dim] tensor per group: q, k and v, each ready for batched GEMMs. */
+void tokens_to_heads(const float *restrict src, float *const *dst, int64_t groups, int64_t batch,
+                     int64_t tokens, int64_t heads, int64_t head_dim) {
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t t = 0; t < tokens; t++)
+            for (int64_t g = 0; g < groups; g++)
+                for (int64_t h = 0; h < heads; h++)
+                    memcpy(dst[g] + ((b * heads + h) * tokens + t) * head_dim,
+                           src + (((b * tokens + t) * groups + g) * heads + h) * head_dim, head_dim * sizeof(float));
+}
+
+/* The inverse of tokens_to_heads (and so its gradient). */
+void heads_to_tokens(const float *const *src, float *restrict dst, int64_t groups, int64_t batch,
+                     int64_t tokens, int64_t heads, int64_t head_dim) {
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t t = 0; t < tokens; t++)
+            for (int64_t g = 0; g < groups; g++)
+                for (int64_t h = 0; h < heads; h++)
+                    memcpy(dst + (((b * tokens + t) * groups + g) * heads + h) * head_dim,
+                           src[g] + ((b * heads + h) * tokens + t) * head_dim, head_dim * sizeof(float));
+}

@@ -37,6 +37,8 @@ SIGNATURES = {  # name: (argtypes, restype)
     "layer_norm_backward": ([_P, _P, _P, _P, _P, _P, _P, _P, _N, _N], None),
     "softmax_forward": ([_P, _P, _N, _N, _F], None),
     "softmax_backward": ([_P, _P, _P, _N, _N, _F], None),
+    "tokens_to_heads": ([_P, _P, _N, _N, _N, _N, _N], None),
+    "heads_to_tokens": ([_P, _P, _N, _N, _N, _N, _N], None),
 }
 
 
@@ -140,6 +142,29 @@ class CpuKernels:
         dx = paddle.empty(y.shape, y.dtype)
         self._softmax_backward(y.data_ptr(), dy.data_ptr(), dx.data_ptr(), y.size // y.shape[-1], y.shape[-1], scale)
         return dx
+
+
+    def tokens_to_heads(self, x):
+        """[batch, tokens, groups, heads, head_dim] -> a [batch, heads, tokens, head_dim] tensor per group."""
+        x = _dense(x)
+        b, t, g, h, d = x.shape
+        outs = [paddle.empty([b, h, t, d], x.dtype) for _ in range(g)]
+        self._tokens_to_heads(x.data_ptr(), _pointers(outs), g, b, t, h, d)
+        return outs
+
+    def heads_to_tokens(self, parts):
+        """A [batch, heads, tokens, head_dim] tensor per group -> [batch, tokens, groups, heads, head_dim]."""
+        parts = [_dense(p) for p in parts]
+        b, h, t, d = parts[0].shape
+        if any(p.shape != parts[0].shape for p in parts):
+            raise ValueError(f"heads_to_tokens: parts of different shapes {[p.shape for p in parts]}")
+        y = paddle.empty([b, t, len(parts), h, d], parts[0].dtype)
+        self._heads_to_tokens(_pointers(parts), y.data_ptr(), len(parts), b, t, h, d)
+        return y
+
+
+def _pointers(tensors):
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
 
 def _dense(t):

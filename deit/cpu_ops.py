@@ -74,17 +74,45 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x)
 
 
-class CpuAttention(Attention):
-    """The math of Paddle's CPU scaled_dot_product_attention (transpose, q k^T, softmax, @ v),
-    with the scale and the softmax in one kernel."""
+class _SplitHeads(PyLayer):
+    """qkv [batch, tokens, 3, heads, head_dim] -> q, k, v, each [batch, heads, tokens, head_dim]."""
 
-    def attend(self, q, k, v):
-        if (self.attn_drop and self.training) or not _kernel_path(q):
-            return super().attend(q, k, v)
-        q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
+    @staticmethod
+    def forward(ctx, qkv, kernels):
+        ctx.kernels = kernels
+        return tuple(kernels.tokens_to_heads(qkv))
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        return ctx.kernels.heads_to_tokens([dq, dk, dv])
+
+
+class _MergeHeads(PyLayer):
+    """[batch, heads, tokens, head_dim] -> [batch, tokens, heads, head_dim]."""
+
+    @staticmethod
+    def forward(ctx, x, kernels):
+        ctx.kernels = kernels
+        b, h, t, d = x.shape
+        return kernels.heads_to_tokens([x]).reshape([b, t, h, d])
+
+    @staticmethod
+    def backward(ctx, dy):
+        b, t, h, d = dy.shape
+        return ctx.kernels.tokens_to_heads(dy.reshape([b, t, 1, h, d]))[0]
+
+
+class CpuAttention(Attention):
+    """The math of Paddle's CPU scaled_dot_product_attention (q k^T, softmax, @ v), with the
+    layout changes in one pass each and the scale inside the softmax kernel."""
+
+    def attend(self, qkv):
+        if (self.attn_drop and self.training) or not _kernel_path(qkv):
+            return super().attend(qkv)
+        q, k, v = _SplitHeads.apply(qkv, self.cpu_kernels)
         weights = _ScaledSoftmax.apply(paddle.matmul(q, k, transpose_y=True), q.shape[-1] ** -0.5,
                                        self.cpu_kernels)
-        return paddle.matmul(weights, v).transpose([0, 2, 1, 3])
+        return _MergeHeads.apply(paddle.matmul(weights, v), self.cpu_kernels)
 
 
 SWAPS = {nn.GELU: GELU, nn.LayerNorm: LayerNorm, Attention: CpuAttention}

@@ -57,12 +57,14 @@ class Attention(nn.Layer):
 
     def forward(self, x):
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape([b, n, 3 * self.num_heads, c // self.num_heads])
-        q, k, v = paddle.split(qkv, 3, axis=2)  # backward is one concat (unbind's is slow)
-        return self.proj_drop(self.proj(self.attend(q, k, v).reshape([b, n, c])))
+        qkv = self.qkv(x).reshape([b, n, 3, self.num_heads, c // self.num_heads])
+        return self.proj_drop(self.proj(self.attend(qkv).reshape([b, n, c])))
 
-    def attend(self, q, k, v):
-        """softmax(q k^T / sqrt(head_dim)) v on [batch, tokens, heads, head_dim] tensors."""
+    def attend(self, qkv):
+        """softmax(q k^T / sqrt(head_dim)) v for qkv [batch, tokens, 3, heads, head_dim];
+        returns [batch, tokens, heads, head_dim]."""
+        b, n, _, h, d = qkv.shape
+        q, k, v = paddle.split(qkv.reshape([b, n, 3 * h, d]), 3, axis=2)  # backward is one concat (unbind's is slow)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop, training=self.training)
 
 

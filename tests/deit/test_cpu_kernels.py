@@ -93,6 +93,19 @@ def test_scaled_softmax_matches_numpy(kernels, d, scale):
                                scale * y * (dy - (dy * y).sum(-1, keepdims=True)), rtol=1e-4, atol=1e-6)
 
 
+def test_attention_layouts_are_numpy_transposes_and_invert_each_other(kernels):
+    """tokens-first [batch, tokens, groups, heads, head_dim] -> per group [batch, heads, tokens,
+    head_dim] is numpy's transpose; heads_to_tokens undoes it exactly."""
+    x = np.random.default_rng(1).standard_normal((2, 5, 3, 4, 6)).astype("float32")
+    parts = kernels.tokens_to_heads(_t(x))
+    assert len(parts) == 3
+    for g, part in enumerate(parts):
+        np.testing.assert_array_equal(part.numpy(), x[:, :, g].transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(kernels.heads_to_tokens(parts).numpy(), x)
+    with pytest.raises(ValueError, match="different shapes"):
+        kernels.heads_to_tokens([parts[0], parts[1][:, :, :2]])
+
+
 def test_non_contiguous_inputs_are_read_in_logical_order(kernels):
     x = paddle.to_tensor(np.arange(24, dtype="float32").reshape(2, 3, 4) / 10).transpose([0, 2, 1])
     np.testing.assert_allclose(kernels.gelu_forward(x).numpy(),
@@ -116,6 +129,7 @@ def test_swapped_model_matches_paddles_ops_in_logits_and_every_gradient(kernels)
     fast.set_state_dict(plain.state_dict())
     use_cpu_kernels(fast, kernels)
     assert {GELU, LayerNorm, CpuAttention} <= {type(layer) for layer in fast.sublayers()}
+    assert not [layer for layer in fast.sublayers() if type(layer) in (paddle.nn.GELU, paddle.nn.LayerNorm)]
     assert list(fast.state_dict()) == list(plain.state_dict())
     x = paddle.to_tensor(np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype("float32"))
     outputs = []
