@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -46,8 +47,12 @@ class KernelsUnavailable(RuntimeError):
     """Why the kernels cannot be used here (no compiler, a failed build, a failed self-check)."""
 
 
-def find_compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+def find_compiler() -> list | None:
+    """The compiler command: $CC (which may carry arguments, e.g. `ccache gcc`), else cc, gcc or clang."""
+    if os.environ.get("CC", "").strip():
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    return [found] if found else None
 
 
 def _cpu_identity() -> str:
@@ -59,21 +64,21 @@ def _cpu_identity() -> str:
         return platform.processor() + platform.machine()
 
 
-def _compiler_identity(cc: str) -> str:
+def _compiler_identity(cc: list) -> str:
     try:
-        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise KernelsUnavailable(f"the C compiler {cc!r} does not run ({e})") from None
+        raise KernelsUnavailable(f"the C compiler {shlex.join(cc)!r} does not run ({e})") from None
 
 
-def _build(cc: str, target: str) -> None:
+def _build(cc: list, target: str) -> None:
     """Compile to a private name, then rename into place: two processes building at once (the
     ranks of a launch) each finish with a whole file, never a half-written one."""
     partial = f"{target}.{os.getpid()}.tmp"
     errors = ""
     try:
         for flags in FLAG_SETS:
-            cmd = [cc, *flags, "-fPIC", "-shared", SOURCE, "-o", partial, "-lm"]
+            cmd = [*cc, *flags, "-fPIC", "-shared", SOURCE, "-o", partial, "-lm"]
             result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if result.returncode == 0:
                 os.replace(partial, target)
@@ -84,10 +89,10 @@ def _build(cc: str, target: str) -> None:
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    raise KernelsUnavailable(f"{cc} could not build {SOURCE}: {errors[0]}")
+    raise KernelsUnavailable(f"{shlex.join(cc)} could not build {SOURCE}: {errors[0]}")
 
 
-def library_path(cc: str, cache: str | None = None) -> str:
+def library_path(cc: list, cache: str | None = None) -> str:
     with open(SOURCE, "rb") as f:
         key = hashlib.sha256(f.read())
     for part in (_compiler_identity(cc), repr(FLAG_SETS), _cpu_identity()):

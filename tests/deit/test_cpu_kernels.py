@@ -171,10 +171,14 @@ def test_a_static_graph_export_takes_paddles_own_ops(kernels, tmp_path):
 # --- building and loading under faults -------------------------------------------------------
 
 @needs_compiler
-def test_without_a_compiler_load_says_why(monkeypatch, tmp_path):
+def test_without_a_working_compiler_load_says_why(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.raises(KernelsUnavailable, match="does not run"):
         cpu_kernels.load(str(tmp_path))
+    monkeypatch.setenv("CC", shutil.which("false") or "false")
+    with pytest.raises(KernelsUnavailable, match="could not build .*cpu_kernels.c"):
+        cpu_kernels.load(str(tmp_path))
+    assert os.listdir(tmp_path) == []  # nothing half-built left behind
     monkeypatch.delenv("CC")
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(KernelsUnavailable, match="no C compiler found"):
@@ -188,6 +192,12 @@ def test_a_cache_that_cannot_be_written_builds_in_a_temporary_directory(tmp_path
     kernels = cpu_kernels.load(str(blocked / "cache"))
     np.testing.assert_allclose(kernels.gelu_forward(_t([0.0, 1.0])).numpy(), [0.0, 0.8413447], atol=1e-6)
     assert not os.path.exists(kernels.path)  # the temporary build is gone, its mapping stays
+
+
+@needs_compiler
+def test_cc_may_carry_arguments(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", f"{cpu_kernels.find_compiler()[0]} -DUNUSED_DEFINE=1")
+    assert cpu_kernels.load(str(tmp_path)).gelu_forward(_t([0.0])).numpy().tolist() == [0.0]
 
 
 @needs_compiler
