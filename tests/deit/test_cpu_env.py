@@ -1,5 +1,13 @@
 """CPU math settings: threads and MKL's dispatch are set before Paddle loads, never over the user."""
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
 from deit.cpu_env import configure_cpu_math, cpu_vendor
+from tests.conftest import ROOT
 
 
 def test_threads_default_to_cores_and_mkl_avx2_on_amd_only():
@@ -12,9 +20,10 @@ def test_threads_default_to_cores_and_mkl_avx2_on_amd_only():
 
 
 def test_user_settings_are_kept_and_num_threads_wins():
-    env = {"OMP_NUM_THREADS": "3", "MKL_DEBUG_CPU_TYPE": "0"}
+    mine = {"OMP_NUM_THREADS": "3", "MKL_DEBUG_CPU_TYPE": "0", "MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = dict(mine)
     assert configure_cpu_math(0, env, vendor="AuthenticAMD") == {}
-    assert env == {"OMP_NUM_THREADS": "3", "MKL_DEBUG_CPU_TYPE": "0"}
+    assert env == mine
     configure_cpu_math(7, env, vendor="AuthenticAMD")
     assert env["OMP_NUM_THREADS"] == "7"
 
@@ -29,3 +38,32 @@ def test_vendor_is_read_from_cpuinfo(tmp_path):
     configure_cpu_math(0, env, vendor=cpu_vendor(str(info)))
     assert "MKL_DEBUG_CPU_TYPE" not in env
     assert cpu_vendor(str(tmp_path / "missing")) == ""
+
+
+MMAP_PROBE = """
+import ctypes, sys
+sys.path.insert(0, {root!r})
+if sys.argv[1] == "configure":
+    from deit.cpu_env import configure_cpu_math
+    configure_cpu_math()
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.mallinfo2.restype = MallInfo2
+before = libc.mallinfo2().hblks
+block = libc.malloc(8 << 20)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_blocks_under_the_threshold_come_from_the_heap_not_a_fresh_mmap():
+    """Paddle's CPU ops allocate their outputs per call; an 8 MB block from mmap would be
+    page-faulted in at every step."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    probe = MMAP_PROBE.format(root=ROOT)
+    counts = {mode: subprocess.run([sys.executable, "-c", probe, mode], env=env, capture_output=True,
+                                   text=True, check=True).stdout.strip() for mode in ("plain", "configure")}
+    assert counts == {"plain": "1", "configure": "0"}  # glibc's default mmaps it; ours does not
