@@ -12,11 +12,14 @@ import paddle
 import paddle.nn as nn
 from paddle.autograd import PyLayer
 
+from .pylayer_grads import remember_wanted
+
 
 class _LinearBiasByGemm(PyLayer):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
+        remember_wanted(ctx, x, weight, bias)
         fan_in, fan_out = weight.shape
         # addmm adds the bias inside the GEMM; a separate broadcast add costs a third as much
         # again as the GEMM itself on CPU
@@ -28,9 +31,10 @@ class _LinearBiasByGemm(PyLayer):
         x, weight = ctx.saved_tensor()
         fan_in, fan_out = weight.shape
         rows = grad.reshape([-1, fan_out])
-        grad_x = paddle.matmul(grad, weight, transpose_y=True)
-        grad_w = paddle.matmul(x.reshape([-1, fan_in]), rows, transpose_x=True)
-        grad_b = paddle.matmul(paddle.ones([1, rows.shape[0]], rows.dtype), rows).reshape([fan_out])
+        want_x, want_w, want_b = ctx.wanted
+        grad_x = paddle.matmul(grad, weight, transpose_y=True) if want_x else None
+        grad_w = paddle.matmul(x.reshape([-1, fan_in]), rows, transpose_x=True) if want_w else None
+        grad_b = paddle.matmul(paddle.ones([1, rows.shape[0]], rows.dtype), rows).reshape([fan_out]) if want_b else None
         return grad_x, grad_w, grad_b
 
 

@@ -10,6 +10,7 @@ import paddle.nn as nn
 from paddle.autograd import PyLayer
 
 from .model import Attention
+from .pylayer_grads import only_wanted, remember_wanted
 
 
 def _kernel_path(x) -> bool:
@@ -33,6 +34,7 @@ class _LayerNorm(PyLayer):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, kernels):
         y, mean, rstd = kernels.layer_norm_forward(x, weight, bias, eps)
+        remember_wanted(ctx, x, weight, bias)
         ctx.kernels = kernels
         ctx.save_for_backward(x, weight, mean, rstd)
         return y
@@ -40,7 +42,7 @@ class _LayerNorm(PyLayer):
     @staticmethod
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensor()
-        return ctx.kernels.layer_norm_backward(x, weight, mean, rstd, dy)
+        return only_wanted(ctx, *ctx.kernels.layer_norm_backward(x, weight, mean, rstd, dy))
 
 
 class _ScaledSoftmax(PyLayer):

@@ -290,3 +290,25 @@ def test_without_a_compiler_training_says_so_once_and_runs_on_paddles_ops(tiny_c
     assert len(notes) == 1 and "Global.cpu_kernels=off" in notes[0]
     with pytest.raises(SetupError, match="Global.cpu_kernels is 'on'.*no C compiler"):
         build_training(load_config(tiny_config, ["Global.cpu_kernels=on"], schema=SCHEMA))
+
+
+@pytest.mark.parametrize("frozen", ["norms", "all but the head"])
+def test_frozen_parameters_train_as_with_paddles_own_layers(kernels, frozen):
+    """A PyLayer that returns a gradient for an input with stop_gradient makes Paddle raise: a
+    linear probe (frozen backbone, trained head) or frozen LayerNorms must still train."""
+    from deit.cpu_linear import use_gemm_bias
+    from deit.cpu_ops import use_cpu_kernels
+    paddle.seed(5)
+    plain, fast = _tiny_vit(), _tiny_vit()
+    fast.set_state_dict(plain.state_dict())
+    use_cpu_kernels(use_gemm_bias(fast), kernels)
+    x = paddle.to_tensor(np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype("float32"))
+    for model in (plain, fast):
+        for name, p in model.named_parameters():
+            p.stop_gradient = ("norm" in name) if frozen == "norms" else not name.startswith("head.")
+        model.train()
+        model(x).sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert (p.grad is None) == (q.grad is None) == p.stop_gradient, name
+        if p.grad is not None:
+            np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
