@@ -54,7 +54,7 @@ def cases(kernels, batch, tokens, dim, heads):
 
     hidden = leaf([batch, tokens, 4 * dim])
     tokens_x = leaf([batch, tokens, dim])
-    qkv = leaf([batch, tokens, 3, heads, dim // heads])
+    qkv = leaf([batch, tokens, 3 * dim])
     out = []
     for name, make, x in (("GELU", nn.GELU, hidden), ("LayerNorm", lambda: nn.LayerNorm(dim, epsilon=1e-6), tokens_x)):
         plain, fast = make(), make()

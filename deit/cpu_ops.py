@@ -111,10 +111,12 @@ class CpuAttention(Attention):
     def attend(self, qkv):
         if (self.attn_drop and self.training) or not _kernel_path(qkv):
             return super().attend(qkv)
-        q, k, v = _SplitHeads.apply(qkv, self.cpu_kernels)
+        b, n, width = qkv.shape
+        h = self.num_heads
+        q, k, v = _SplitHeads.apply(qkv.reshape([b, n, 3, h, width // (3 * h)]), self.cpu_kernels)
         weights = _ScaledSoftmax.apply(paddle.matmul(q, k, transpose_y=True), q.shape[-1] ** -0.5,
                                        self.cpu_kernels)
-        return _MergeHeads.apply(paddle.matmul(weights, v), self.cpu_kernels)
+        return _MergeHeads.apply(paddle.matmul(weights, v), self.cpu_kernels).reshape([b, n, width // 3])
 
 
 SWAPS = {nn.GELU: GELU, nn.LayerNorm: LayerNorm, Attention: CpuAttention}
