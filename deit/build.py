@@ -46,7 +46,7 @@ from .data.sampler import ResumableBatchSampler, ShardedEvalSampler
 from .checks import check_config, check_pipeline
 from .cpu_kernels import KernelsUnavailable, load as load_cpu_kernels
 from .cpu_linear import use_gemm_bias
-from .cpu_ops import use_cpu_kernels
+from .cpu_ops import CpuAttention, use_cpu_kernels
 from .data.transforms import build_transforms
 from .errors import CheckpointError, SetupError, paddle_message, unknown
 from .flops import model_macs
@@ -498,6 +498,10 @@ def describe_run(cfg, training: Training) -> str:
     world, batch = dist.world_size(), loader.batch_sampler.batch_size
     eval_text = f", eval {training.evaluation.images} images" if training.evaluation else ", no evaluation"
     lr_scale = lr_scale_for(s, batch * world)
+    kernels = ""
+    if g["device"] == "cpu" and cfg["FP16"]["level"] == "O0":
+        compiled = any(isinstance(layer, CpuAttention) for layer in model.sublayers())
+        kernels = ", kernels compiled" if compiled else ", kernels Paddle's"
     return "\n".join([
         f"model   {m['name']}: {params / 1e6:.2f} M parameters, {gflops:.3f} GFLOPs per image "
         f"(forward), {model.img_size}px, init {m['init']}",
@@ -508,6 +512,7 @@ def describe_run(cfg, training: Training) -> str:
         f" (x{lr_scale:g}), {s['name']} per {s['decay_unit']}",
         f"device  {g['device']}, world size {world}, OMP threads {os.environ.get('OMP_NUM_THREADS', '?')}"
         f"{', MKL_DEBUG_CPU_TYPE=' + os.environ['MKL_DEBUG_CPU_TYPE'] if 'MKL_DEBUG_CPU_TYPE' in os.environ else ''}, "
-        f"precision {cfg['FP16']['level']}{'' if cfg['FP16']['level'] == 'O0' else ' ' + cfg['FP16']['dtype']}",
+        f"precision {cfg['FP16']['level']}{'' if cfg['FP16']['level'] == 'O0' else ' ' + cfg['FP16']['dtype']}"
+        f"{kernels}",
         f"output  {g['output_dir']}",
     ])

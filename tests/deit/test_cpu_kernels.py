@@ -312,3 +312,12 @@ def test_frozen_parameters_train_as_with_paddles_own_layers(kernels, frozen):
         assert (p.grad is None) == (q.grad is None) == p.stop_gradient, name
         if p.grad is not None:
             np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@needs_compiler
+def test_the_run_summary_says_which_kernels_train(tiny_config, capsys):
+    import run
+    for override, expected in (([], "kernels compiled"), (["-o", "Global.cpu_kernels=off"], "kernels Paddle's")):
+        assert run.main(["-c", tiny_config, "--dry-run", *override]) == 0
+        device = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("device"))
+        assert device.endswith(expected), device
