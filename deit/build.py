@@ -44,6 +44,7 @@ from .data.loader import Loader
 from .data.mixup import from_plsc as mixup_from_plsc
 from .data.sampler import ResumableBatchSampler, ShardedEvalSampler
 from .checks import check_config, check_pipeline
+from .cpu_env import keep_freed_blocks_in_heap
 from .cpu_kernels import KernelsUnavailable, load as load_cpu_kernels
 from .cpu_linear import use_gemm_bias
 from .cpu_ops import CpuAttention, use_cpu_kernels
@@ -372,6 +373,8 @@ def build_training(cfg):
     if g["accum_steps"] < 1 or batch % g["accum_steps"]:
         raise SetupError(f"Global.accum_steps={g['accum_steps']} must divide "
                          f"DataLoader.Train.sampler.batch_size={batch} into equal micro-batches")
+    if g["device"] == "cpu":
+        keep_freed_blocks_in_heap()  # eager training only: see deit/cpu_env.py
     kernels = cpu_kernels_for(cfg)
     model = use_cpu_speed_paths(build_model(cfg["Model"]), cfg, kernels)
     for loader, split in ((train_loader, "Train"), (eval_loader, "Eval")):

@@ -4,10 +4,12 @@ Two measured effects on our 2-core AMD EPYC (bench/NOTES.md):
 - Paddle runs one OpenMP thread unless OMP_NUM_THREADS says otherwise: 27 vs 50 GFLOP/s.
 - Paddle's bundled MKL picks a slow generic kernel on non-Intel CPUs; MKL_DEBUG_CPU_TYPE=5
   makes it use its AVX2 path: ViT matmuls go from 40-60 to 90-170 GFLOP/s.
-- glibc serves every allocation above 128 KB with a fresh mmap and unmaps it on free, so each
-  Paddle CPU op that allocates its output pays page faults over all of it (an add over 1 M
-  floats: 1.1 ms, 0.06 ms from the heap). MALLOC_MMAP_THRESHOLD_ keeps blocks under 1 GiB in
-  the heap: DeiT-Ti step 21-22 -> 23 img/s, peak RSS +5%.
+And one for eager training only, set when a CPU training run is built (mallopt acts at any
+time): glibc serves every allocation above 128 KB with a fresh mmap and unmaps it on free, so
+each Paddle CPU op that allocates its output pays page faults over all of it (an add over 1 M
+floats: 1.1 ms, 0.06 ms from the heap). Keeping blocks under 1 GiB in the heap: DeiT-Ti step
+21-22 -> 23 img/s, peak RSS +5%. Not at start-up: Paddle Inference with oneDNN (--eval,
+--predict) runs the demo model at half speed with it.
 This module imports nothing heavy, so it can run first.
 """
 import ctypes
@@ -46,9 +48,7 @@ def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 def configure_cpu_math(num_threads: int = 0, environ=None, vendor: str | None = None) -> dict:
     """Set OMP_NUM_THREADS (num_threads > 0 wins, else keep the user's, else all cores) and,
-    on AMD, MKL_DEBUG_CPU_TYPE=5, and glibc's mmap threshold, each unless the user set it.
-    Returns what it set. With the real environment, the threshold also takes effect in this
-    process (glibc reads the variable only at start; child processes get it from there)."""
+    on AMD, MKL_DEBUG_CPU_TYPE=5 unless the user set it. Returns what it set."""
     env = os.environ if environ is None else environ
     changed = {}
     if num_threads > 0:
@@ -58,17 +58,15 @@ def configure_cpu_math(num_threads: int = 0, environ=None, vendor: str | None = 
     vendor = cpu_vendor() if vendor is None else vendor
     if vendor == "AuthenticAMD" and "MKL_DEBUG_CPU_TYPE" not in env:
         changed["MKL_DEBUG_CPU_TYPE"] = "5"
-    if "MALLOC_MMAP_THRESHOLD_" not in env:
-        changed["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
-        if env is os.environ:
-            set_mmap_threshold(MMAP_THRESHOLD)
     env.update(changed)
     return changed
 
 
-def set_mmap_threshold(nbytes: int) -> bool:
-    """mallopt(M_MMAP_THRESHOLD) on glibc; False where there is no such knob."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+def keep_freed_blocks_in_heap(nbytes: int = MMAP_THRESHOLD) -> bool:
+    """mallopt(M_MMAP_THRESHOLD) for this process and the workers it forks from now on, unless
+    the user set MALLOC_MMAP_THRESHOLD_. False where glibc's knob is not there or not ours."""
+    if ("MALLOC_MMAP_THRESHOLD_" in os.environ or platform.system() != "Linux"
+            or platform.libc_ver()[0] != "glibc"):
         return False
     try:
         return ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, ctypes.c_int(nbytes)) == 1

@@ -20,10 +20,9 @@ def test_threads_default_to_cores_and_mkl_avx2_on_amd_only():
 
 
 def test_user_settings_are_kept_and_num_threads_wins():
-    mine = {"OMP_NUM_THREADS": "3", "MKL_DEBUG_CPU_TYPE": "0", "MALLOC_MMAP_THRESHOLD_": "131072"}
-    env = dict(mine)
+    env = {"OMP_NUM_THREADS": "3", "MKL_DEBUG_CPU_TYPE": "0"}
     assert configure_cpu_math(0, env, vendor="AuthenticAMD") == {}
-    assert env == mine
+    assert env == {"OMP_NUM_THREADS": "3", "MKL_DEBUG_CPU_TYPE": "0"}
     configure_cpu_math(7, env, vendor="AuthenticAMD")
     assert env["OMP_NUM_THREADS"] == "7"
 
@@ -43,9 +42,13 @@ def test_vendor_is_read_from_cpuinfo(tmp_path):
 MMAP_PROBE = """
 import ctypes, sys
 sys.path.insert(0, {root!r})
-if sys.argv[1] == "configure":
-    from deit.cpu_env import configure_cpu_math
-    configure_cpu_math()
+from deit.cpu_env import configure_cpu_math
+configure_cpu_math()
+if sys.argv[1] == "train":
+    from deit.build import build_training
+    from deit.schema import SCHEMA
+    from engine.config import load_config
+    build_training(load_config(sys.argv[2], schema=SCHEMA))
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -59,11 +62,17 @@ print(libc.mallinfo2().hblks - before)
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_blocks_under_the_threshold_come_from_the_heap_not_a_fresh_mmap():
-    """Paddle's CPU ops allocate their outputs per call; an 8 MB block from mmap would be
-    page-faulted in at every step."""
+def test_cpu_training_takes_blocks_from_the_heap_and_only_training(tiny_config):
+    """Paddle's eager CPU ops allocate their outputs per call: an 8 MB block from a fresh mmap
+    would be page-faulted in at every step. Start-up (what --eval and --predict run on) keeps
+    glibc's default: Paddle Inference with oneDNN is faster with it. A user's
+    MALLOC_MMAP_THRESHOLD_ is theirs."""
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    probe = MMAP_PROBE.format(root=ROOT)
-    counts = {mode: subprocess.run([sys.executable, "-c", probe, mode], env=env, capture_output=True,
-                                   text=True, check=True).stdout.strip() for mode in ("plain", "configure")}
-    assert counts == {"plain": "1", "configure": "0"}  # glibc's default mmaps it; ours does not
+
+    def new_mmaps(*args, extra_env=None):
+        return subprocess.run([sys.executable, "-c", MMAP_PROBE.format(root=ROOT), *args],
+                              env={**env, **(extra_env or {})}, capture_output=True, text=True,
+                              check=True).stdout.strip().splitlines()[-1]
+    assert new_mmaps("train", tiny_config) == "0"
+    assert new_mmaps("startup") == "1"
+    assert new_mmaps("train", tiny_config, extra_env={"MALLOC_MMAP_THRESHOLD_": "131072"}) == "1"
