@@ -1,10 +1,11 @@
 /* Vectorized CPU kernels for the ViT's element-wise and normalization ops, fp32, contiguous.
  *
- * Paddle's CPU kernels for GELU (exact erf), LayerNorm backward and softmax run far below
- * memory speed (a GELU forward + backward over 1 M floats: 14-17 ms, 0.4 ms here; see
- * bench/NOTES.md). These loops are written so that gcc/clang vectorize them at -O3: erf as
- * Eigen's rational approximation on [-4, 4], exp as Cephes' polynomial with the 2^n scale
- * built from the exponent bits. No -ffast-math: a NaN input stays NaN (the NaN guard needs it).
+ * Paddle's CPU LayerNorm backward, softmax and attention's split and transposes run well below
+ * memory speed; these are faster forward + backward (bench/cpu_kernels.py: LayerNorm 7-13x,
+ * the attention core 1.2-2x, the exact erf GELU up to 1.4x). The loops are written so that
+ * gcc/clang vectorize them at -O3: erf as Eigen's rational approximation on [-4, 4], exp as
+ * Cephes' polynomial with the 2^n scale built from the exponent bits. No -ffast-math: a NaN
+ * input stays NaN (the NaN guard needs it).
  * One thread: Paddle's MKL keeps its OpenMP threads spinning between GEMMs, and a second
  * OpenMP runtime's threads fight them for the cores (measured: the demo step went from 61 ms
  * with one-thread kernels to 244 ms with two threads). The `omp simd` pragmas (-fopenmp-simd)

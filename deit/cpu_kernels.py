@@ -1,7 +1,8 @@
 """deit/cpu_kernels.c built once per machine and compiler, loaded with ctypes, called on tensors.
 
-Paddle's CPU kernels for GELU, LayerNorm backward and softmax run several times below memory
-speed; the C loops run 10-40x faster (bench/NOTES.md). They need a C compiler at first use
+Paddle's CPU LayerNorm backward, softmax and attention's split and transposes run well below
+memory speed; the C loops are 7-13x faster on LayerNorm, 1.2-2x on the attention core and up to
+1.4x on GELU, forward + backward (bench/cpu_kernels.py, bench/NOTES.md). They need a C compiler at first use
 (`$CC`, else cc/gcc/clang); the library is cached under $DEIT_CACHE/cpu_kernels, keyed by the
 source, the compiler, the flags and the CPU (-march=native code must not run on another CPU
 sharing the home directory). Without a compiler, `load` raises KernelsUnavailable and the

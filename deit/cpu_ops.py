@@ -1,5 +1,6 @@
-"""GELU, LayerNorm and attention's softmax on the compiled CPU kernels (deit/cpu_kernels.py),
-swapped into a built model by the wiring, as deit/cpu_linear.py does for Linear.
+"""GELU, LayerNorm, and attention's softmax and head layouts on the compiled CPU kernels
+(deit/cpu_kernels.py), swapped into a built model by the wiring, as deit/cpu_linear.py does
+for Linear.
 
 The swapped layers keep their parameters and state_dict keys. They take the kernels in eager
 mode on fp32 CPU tensors, with or without grad (training-time evaluation gains too); anything
