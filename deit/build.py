@@ -93,12 +93,17 @@ def build_model(m) -> paddle.nn.Layer:
     return FACTORIES[m["name"]](**common)
 
 
+def fp32_on_cpu(cfg) -> bool:
+    """Where the CPU speed paths apply: GPU and AMP keep Paddle's own layers."""
+    return cfg["Global"]["device"] == "cpu" and cfg["FP16"]["level"] == "O0"
+
+
 def cpu_kernels_for(cfg):
     """The compiled GELU/LayerNorm/softmax kernels for fp32 training on CPU, or None: another
     device or precision, Global.cpu_kernels off, or (auto) no way to build them here, said in
     one line. `on` makes that last case an error."""
     g = cfg["Global"]
-    if g["device"] != "cpu" or cfg["FP16"]["level"] != "O0" or g["cpu_kernels"] == "off":
+    if not fp32_on_cpu(cfg) or g["cpu_kernels"] == "off":
         return None
     try:
         return load_cpu_kernels()
@@ -114,7 +119,7 @@ def cpu_kernels_for(cfg):
 def use_cpu_speed_paths(model, cfg, kernels):
     """fp32 on CPU: the biases inside the GEMMs and, when built, the compiled kernels
     (bench/NOTES.md has what each gains). Returns the model, changed in place."""
-    if cfg["Global"]["device"] == "cpu" and cfg["FP16"]["level"] == "O0":
+    if fp32_on_cpu(cfg):
         use_gemm_bias(model)
     if kernels is not None:
         use_cpu_kernels(model, kernels)
@@ -502,7 +507,7 @@ def describe_run(cfg, training: Training) -> str:
     eval_text = f", eval {training.evaluation.images} images" if training.evaluation else ", no evaluation"
     lr_scale = lr_scale_for(s, batch * world)
     kernels = ""
-    if g["device"] == "cpu" and cfg["FP16"]["level"] == "O0":
+    if fp32_on_cpu(cfg):
         compiled = any(isinstance(layer, CpuAttention) for layer in model.sublayers())
         kernels = ", kernels compiled" if compiled else ", kernels Paddle's"
     return "\n".join([
