@@ -189,7 +189,10 @@ def _self_check(kernels: CpuKernels) -> None:
 
 
 def _open(path: str) -> CpuKernels:
-    kernels = CpuKernels(ctypes.CDLL(path), path)
+    try:
+        kernels = CpuKernels(ctypes.CDLL(path), path)
+    except (OSError, AttributeError) as e:  # not a library, or not ours
+        raise KernelsUnavailable(f"cannot load {path} ({e})") from None
     _self_check(kernels)
     return kernels
 
@@ -207,7 +210,7 @@ def load(cache: str | None = None) -> CpuKernels:
     if os.path.exists(path):
         try:
             return _open(path)
-        except (OSError, AttributeError, KernelsUnavailable):
+        except KernelsUnavailable:
             with contextlib.suppress(OSError):
                 os.remove(path)
     try:
@@ -217,12 +220,8 @@ def load(cache: str | None = None) -> CpuKernels:
         writable = False
     if writable:
         _build(cc, path)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, os.path.basename(path))
-            _build(cc, path)
-            return _open(path)
-    try:
         return _open(path)
-    except (OSError, AttributeError) as e:
-        raise KernelsUnavailable(f"cannot load {path} ({e})") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, os.path.basename(path))
+        _build(cc, path)
+        return _open(path)
