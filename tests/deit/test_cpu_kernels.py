@@ -321,3 +321,32 @@ def test_the_run_summary_says_which_kernels_train(tiny_config, capsys):
         assert run.main(["-c", tiny_config, "--dry-run", *override]) == 0
         device = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("device"))
         assert device.endswith(expected), device
+
+
+@needs_compiler
+def test_a_build_killed_midway_leaves_no_library_and_the_next_run_builds_one(tmp_path):
+    """kill -9 while the compiler writes: the half-written output is under a private name, so
+    the next run neither loads it nor trips over it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    slow_cc = tmp_path / "slow-cc"
+    slow_cc.write_text("#!/bin/sh\n"
+                       'if [ "$1" = --version ]; then echo slow-cc 1.0; exit 0; fi\n'
+                       'for a in "$@"; do case "$prev" in -o) printf "\\177ELF half" > "$a";; esac; prev="$a"; done\n'
+                       "exec sleep 60\n")
+    slow_cc.chmod(0o755)
+    cache = tmp_path / "cache"
+    from tests.conftest import ROOT
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from deit import cpu_kernels; cpu_kernels.load(sys.argv[1])",
+                              str(cache)], env={**os.environ, "CC": str(slow_cc)}, cwd=ROOT, start_new_session=True)
+    deadline = time.time() + 60
+    while not (cache.exists() and any(cache.iterdir())):
+        assert time.time() < deadline and child.poll() is None, "the build never started"
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not [p for p in cache.iterdir() if p.name.endswith(".so")]  # nothing under the real name
+    path = _load_in_fresh_process(str(cache))
+    assert path.endswith(".so") and os.path.getsize(path) > 1000
