@@ -1,8 +1,9 @@
 """Datasets that decode images with Pillow and apply per-sample seeded transforms.
 
-A dataset item is addressed by an int or by `(index, epoch)`: the sampler yields the pair so
-that every random choice for sample i of epoch e comes from an RNG seeded by (seed, epoch, i),
-whatever the number of workers or the point a run was resumed from.
+A dataset item is addressed by an int or by `(index, epoch[, copy])`: the sampler yields the
+key so that every random choice for sample i of epoch e comes from an RNG seeded by
+(seed, epoch, i), or (seed, epoch, i, copy) for the copy-th repeat of i under repeated
+augmentation, whatever the number of workers or the point a run was resumed from.
 """
 import multiprocessing
 import os
@@ -47,8 +48,8 @@ class ImageDataset:
         return len(self.samples)
 
     def __getitem__(self, key):
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        rng = np.random.default_rng([self.seed, epoch, index])
+        index, epoch, *copy = key if isinstance(key, tuple) else (key, 0)
+        rng = np.random.default_rng([self.seed, epoch, index, *copy])
         for _ in range(len(self.samples)):
             path, label = self.samples[index]
             try:

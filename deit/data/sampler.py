@@ -1,7 +1,8 @@
 """A resumable, rank-sharded batch sampler whose order depends only on (seed, epoch).
 
 It yields lists of `(index, epoch)` keys so the dataset can seed each sample's augmentation
-by (seed, epoch, index). `set_epoch(epoch, start_batch=k)` skips the first k batches by
+by (seed, epoch, index); a repeated copy of an index is `(index, epoch, copy)` with copy >= 1,
+so each copy gets its own augmentation. `set_epoch(epoch, start_batch=k)` skips the first k batches by
 index arithmetic: nothing is loaded for them.
 """
 import math
@@ -11,7 +12,9 @@ import numpy as np
 
 class ResumableBatchSampler:
     """Shuffle (or not), optionally repeat each index `repeats` times as DeiT's RASampler
-    does (repeats land on different ranks), shard by rank, and batch.
+    does (repeats land on different ranks), shard by rank, and batch. Each appearance of an
+    index in an epoch carries its copy number (0 for the first), so the copies are differently
+    augmented views of one image, as RASampler's are, not duplicates.
 
     With repeats > 1 an epoch keeps DeiT's length: each rank sees
     floor(n // 256 * 256 / world_size) samples, so an epoch covers about n images in all.
@@ -57,14 +60,16 @@ class ResumableBatchSampler:
         return math.ceil(self.n / world)
 
     def _global_order(self, world_size: int) -> np.ndarray:
-        """This epoch's global sequence for an epoch begun by `world_size` ranks."""
+        """This epoch's global sequence for an epoch begun by `world_size` ranks: rows of
+        (index, copy), copy counting the index's earlier appearances in the sequence."""
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
         else:
             order = np.arange(self.n)
-        order = np.repeat(order, self.repeats)
-        total = math.ceil(len(order) / world_size) * world_size
-        return np.concatenate([order, order[: total - len(order)]])  # pad so ranks are equal
+        keys = np.stack([np.repeat(order, self.repeats), np.tile(np.arange(self.repeats), self.n)], axis=1)
+        total = math.ceil(len(keys) / world_size) * world_size
+        padding = keys[: total - len(keys)] + [0, self.repeats]  # seen once more: later copies
+        return np.concatenate([keys, padding])  # pad so ranks are equal
 
     def _epoch_total(self, world_size: int) -> int:
         """Samples an uninterrupted epoch of `world_size` ranks trains on (a prefix)."""
@@ -86,7 +91,7 @@ class ResumableBatchSampler:
             del bounds[-2]
         chunks = [rest[a:b] for a, b in zip(bounds, bounds[1:])]
         if chunks and len(chunks[-1]) < world:  # fewer samples left than ranks: some repeat
-            chunks[-1] = np.resize(chunks[-1], world)
+            chunks[-1] = np.take(chunks[-1], np.arange(world) % len(chunks[-1]), axis=0)
         return {"from": pending, "base": start_batch, "chunks": chunks,
                 "total": self._epoch_total(pending["world_size"])}
 
@@ -109,15 +114,24 @@ class ResumableBatchSampler:
 
     def batch_indices(self, b: int) -> list:
         """This rank's sample indices in batch `b` (0-based) of the current epoch."""
+        return [key[0] for key in self.batch_keys(b)]
+
+    def batch_keys(self, b: int) -> list:
+        """This rank's dataset keys in batch `b`: (index, epoch), or (index, epoch, copy) for a
+        repeated copy."""
         if self._plan is not None:
-            return [int(i) for i in self._plan["chunks"][b - self._plan["base"]][self.rank::self.world_size]]
-        return [int(i) for i in self.indices()[b * self.batch_size:(b + 1) * self.batch_size]]
+            rows = self._plan["chunks"][b - self._plan["base"]][self.rank::self.world_size]
+        else:
+            rows = self._rank_rows()[b * self.batch_size:(b + 1) * self.batch_size]
+        return [(int(i), self.epoch) if not c else (int(i), self.epoch, int(c)) for i, c in rows]
 
     # ---- iteration --------------------------------------------------------------------------
     def indices(self) -> np.ndarray:
         """This rank's sample indices for the current epoch, in order (plain plan)."""
-        order = self._global_order(self.world_size)
-        return order[self.rank::self.world_size][: self._per_rank()]
+        return self._rank_rows()[:, 0]
+
+    def _rank_rows(self) -> np.ndarray:
+        return self._global_order(self.world_size)[self.rank::self.world_size][: self._per_rank()]
 
     def __len__(self) -> int:
         if self._plan is not None:
@@ -125,14 +139,8 @@ class ResumableBatchSampler:
         return self.steps_per_epoch(self.world_size)
 
     def __iter__(self):
-        if self._plan is not None:
-            for b in range(self.start_batch, len(self)):
-                yield [(i, self.epoch) for i in self.batch_indices(b)]
-            return
-        idx = self.indices()
         for b in range(self.start_batch, len(self)):
-            chunk = idx[b * self.batch_size:(b + 1) * self.batch_size]
-            yield [(int(i), self.epoch) for i in chunk]
+            yield self.batch_keys(b)
 
 
 class ShardedEvalSampler:

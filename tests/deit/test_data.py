@@ -104,7 +104,7 @@ def test_repeated_aug_sampler_matches_deit_rasampler_coverage(world):
         s = ResumableBatchSampler(n, bs, shuffle=True, drop_last=False, seed=5, rank=rank,
                                   world_size=world, repeats=3)
         s.set_epoch(2)
-        per_rank.append([i for batch in s for i, _ in batch])
+        per_rank.append([i for batch in s for i, *_ in batch])
     assert all(len(r) == n // 256 * 256 // world for r in per_rank)  # DeiT's epoch length
     counts = np.bincount(np.concatenate(per_rank), minlength=n)
     assert counts.max() <= 3  # each index at most its 3 repeats
@@ -117,13 +117,13 @@ def test_repeated_aug_sampler_matches_deit_rasampler_coverage(world):
 def test_plain_sampler_visits_every_index_once_per_epoch_and_order_depends_on_seed_and_epoch():
     s = ResumableBatchSampler(103, 10, shuffle=True, seed=1)
     s.set_epoch(1)
-    first = [i for b in s for i, _ in b]
+    first = [i for b in s for i, *_ in b]
     assert sorted(first) == list(range(103))
     s.set_epoch(2)
-    assert [i for b in s for i, _ in b] != first
+    assert [i for b in s for i, *_ in b] != first
     again = ResumableBatchSampler(103, 10, shuffle=True, seed=1)
     again.set_epoch(1)
-    assert [i for b in again for i, _ in b] == first
+    assert [i for b in again for i, *_ in b] == first
 
 
 @pytest.mark.parametrize("repeats", [1, 3])
