@@ -10,6 +10,9 @@ import paddle
 from ..errors import DataError
 
 
+MIX_STREAM = 0x6D6978  # "mix": keeps the batch transform's seeds apart from the samples' seeds
+
+
 def _die_with_parent(worker_id: int) -> None:
     """Worker processes get SIGKILL when the trainer dies (even by kill -9), so no orphaned
     worker keeps running, holding shared memory or the parent's stdout open."""
@@ -44,13 +47,14 @@ class Loader:
     calls `set_epoch` so that the sampler (and with it every sample's RNG) knows the epoch.
 
     `batch_transform(images, labels, rng)` (Mixup/CutMix) runs on the batch tensors in the
-    training process, with an RNG seeded by (seed, epoch, batch index): resumable, and on the
-    GPU when training on one."""
+    training process, with an RNG seeded by (seed, epoch, batch index, rank): resumable, on the
+    GPU when training on one, and drawn per rank as timm and PLSC draw it (one lambda and box
+    for every rank would mix the whole global batch alike)."""
 
     def __init__(self, dataset, batch_sampler, num_workers: int = 0, use_shared_memory: bool = True,
-                 batch_transform=None, seed: int = 0):
+                 batch_transform=None, seed: int = 0, rank: int = 0):
         self.dataset, self.batch_sampler = dataset, batch_sampler
-        self.batch_transform, self.seed = batch_transform, seed
+        self.batch_transform, self.seed, self.rank = batch_transform, seed, rank
         if num_workers > 0:
             _quiet_data_errors_from_loader_threads()
         self._loader = paddle.io.DataLoader(
@@ -100,5 +104,5 @@ class Loader:
             return
         sampler = self.batch_sampler
         for index, (images, labels) in enumerate(self._loader, start=sampler.start_batch):
-            rng = np.random.default_rng([self.seed, sampler.epoch, index, 0x6D6978])  # "mix"
+            rng = np.random.default_rng([self.seed, sampler.epoch, index, MIX_STREAM, self.rank])
             yield self.batch_transform(images, labels, rng)
