@@ -89,8 +89,27 @@ def restore(ckpt: dict, engine, model, optimizer) -> None:
     engine.load_state_dict(ckpt["engine"])
     model.set_state_dict(ckpt["model"])
     if optimizer is not None and ckpt["optimizer"] is not None:
-        optimizer.set_state_dict(rename_optimizer_state(ckpt["optimizer"], model, to_structured=False))
+        state = rename_optimizer_state(ckpt["optimizer"], model, to_structured=False)
+        if state.get("master_weights"):
+            state["master_weights"] = master_weight_tensors(state["master_weights"], state)
+        optimizer.set_state_dict(state)
     set_rng_state(ckpt["rng"])
+
+
+def master_weight_tensors(masters: dict, state: dict) -> dict:
+    """O2's fp32 master weights as the optimizer keeps them: tensors named as the optimizer
+    named them, since their moments are keyed by that name (`linear_3.w_0_fp32_master_0_moment1_0`).
+    Saved as plain arrays they lose the name, and Paddle's set_state_dict keeps whatever it is
+    given: a bare array fails the first step, a tensor of another name silently starts fresh
+    moments."""
+    tensors = {}
+    for param_name, array in masters.items():
+        prefix = f"{param_name}_fp32_master"
+        names = sorted(k[:k.index("_moment1")] for k in state if k.startswith(prefix) and "_moment1" in k)
+        tensor = paddle.to_tensor(np.asarray(array), dtype="float32")
+        tensor.name = names[0] if names else f"{prefix}_0"
+        tensors[param_name] = tensor
+    return tensors
 
 
 def rename_optimizer_state(state: dict, model, to_structured: bool) -> dict:
