@@ -57,8 +57,9 @@ from .optim import build_adamw
 from .export import export_inference
 from .predict import EagerModel, InferenceLayer, InferenceModel, list_images, read_class_names
 from .evaluate import Evaluation
-from .precision import DynamicLossScaler, Precision, decorate_o2
-from .pretrained import fit_state_dict, shape_problems
+from .cast_on_cpu import cast_like_gpu
+from .precision import DynamicLossScaler, Precision, decorate_o2, fp32_weights, full_precision_weights
+from .pretrained import fit_state_dict, in_model_dtypes, shape_problems
 from .schedule import TimmCosine
 from .step import make_train_step
 
@@ -116,6 +117,39 @@ def cpu_kernels_for(cfg):
         return None
 
 
+def cast_on_cpu(cfg) -> bool:
+    """FP16.cast_on_cpu: an O2 run on the CPU casts as a GPU does (deit/cast_on_cpu.py)."""
+    return cfg["Global"]["device"] == "cpu" and cfg["FP16"]["level"] == "O2" and cfg["FP16"]["cast_on_cpu"]
+
+
+def check_low_precision_support(cfg) -> None:
+    """FP16.level O1/O2 must run what it says. On a GPU without the dtype, paddle.amp.decorate
+    and autocast silently stay fp32 (paddle/amp/auto_cast.py): refuse that. On the CPU, say
+    once that autocast does nothing there, unless FP16.cast_on_cpu casts for real."""
+    amp, g = cfg["FP16"], cfg["Global"]
+    if g["device"] == "gpu":
+        supported = (paddle.amp.is_float16_supported() if amp["dtype"] == "float16"
+                     else paddle.amp.is_bfloat16_supported())
+        if not supported:
+            name = paddle.device.cuda.get_device_name()
+            raise SetupError(f"FP16.dtype {amp['dtype']}: this GPU ({name}) has no {amp['dtype']} "
+                             f"kernels in Paddle, so FP16.level {amp['level']} would train in fp32; "
+                             f"use -o FP16.dtype={'float16' if amp['dtype'] == 'bfloat16' else 'bfloat16'} "
+                             f"if it has that, or -o FP16.level=O0")
+        return
+    warnings.filterwarnings("ignore", message="amp_guard can only be enabled")
+    if amp["level"] == "O2" and amp["cast_on_cpu"]:
+        if cfg["Optimizer"]["grad_clip"]:
+            raise SetupError("FP16.cast_on_cpu: Optimizer.grad_clip needs squared_l2_norm, which Paddle's "
+                             "CPU build has no float16/bfloat16 kernel for: set Optimizer.grad_clip=0 here")
+        print(f"note: FP16.cast_on_cpu: the model is cast to {amp['dtype']} as on a GPU; Paddle's CPU "
+              f"build lacks those kernels, so layers compute in fp32 and round (deit/cast_on_cpu.py)")
+        return
+    print(f"note: FP16.level {amp['level']} ({amp['dtype']}) runs, but Paddle's autocast has "
+          f"no effect on CPU: the kernels stay fp32"
+          f"{' (FP16.cast_on_cpu casts O2 only)' if amp['cast_on_cpu'] else ''}")
+
+
 def use_cpu_speed_paths(model, cfg, kernels):
     """fp32 on CPU: the biases inside the GEMMs and, when built, the compiled kernels
     (bench/NOTES.md has what each gains). Returns the model, changed in place."""
@@ -157,7 +191,8 @@ def build_train_loader(cfg) -> Loader:
     if len(sampler) == 0:
         raise SetupError(f"DataLoader.Train: {len(dataset)} images give no full batch of "
                          f"{s['batch_size']} per device; lower DataLoader.Train.sampler.batch_size")
-    return Loader(dataset, sampler, **section["loader"], batch_transform=batch_transform, seed=g["seed"])
+    return Loader(dataset, sampler, **section["loader"], batch_transform=batch_transform, seed=g["seed"],
+                  rank=dist.rank())
 
 
 def build_batch_transform(ops, num_classes: int, batch_size: int):
@@ -271,7 +306,7 @@ def load_pretrained(model, prefix: str) -> None:
                               f"(a training checkpoint goes to Global.checkpoint)")
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     fitted = fit_state_dict(state, expected, f"Global.pretrained_model {path}")
-    model.set_state_dict({k: paddle.to_tensor(v) for k, v in fitted.items()})
+    model.set_state_dict(in_model_dtypes(fitted, model.state_dict()))
 
 
 def load_trained_weights(cfg, model, mode: str) -> str:
@@ -290,7 +325,7 @@ def load_trained_weights(cfg, model, mode: str) -> str:
     if not ckpt:
         raise SetupError(f"{mode} needs weights: set -o Global.pretrained_model=PATH_PREFIX (a .pdparams "
                          f"file, e.g. output/final) or -o Global.checkpoint=PATH.pdckpt|auto")
-    model.set_state_dict(read_checkpoint(ckpt, model, shape_problems)["model"])
+    model.set_state_dict(in_model_dtypes(read_checkpoint(ckpt, model, shape_problems)["model"], model.state_dict()))
     return ckpt
 
 
@@ -392,12 +427,11 @@ def build_training(cfg):
     optimizer = build_adamw(model, s["learning_rate"], **o)
     precision, hooks = Precision(), []
     if amp["level"] != "O0":
-        if g["device"] == "cpu":
-            warnings.filterwarnings("ignore", message="amp_guard can only be enabled")
-            print(f"note: FP16.level {amp['level']} ({amp['dtype']}) runs, but Paddle's autocast has "
-                  f"no effect on CPU: the kernels stay fp32")
+        check_low_precision_support(cfg)
         precision.enable_autocast(amp["level"], amp["dtype"])
-        if amp["level"] == "O2":  # fp32 master weights in the optimizer, whatever use_master_param says
+        if amp["level"] == "O2" and cast_on_cpu(cfg):
+            model, optimizer = cast_like_gpu(model, optimizer, amp["dtype"])
+        elif amp["level"] == "O2":  # fp32 master weights in the optimizer, whatever use_master_param says
             model, optimizer = decorate_o2(model, optimizer, amp["dtype"], master_weight=True)
         if amp["dtype"] == "float16":  # bfloat16 has fp32's range: no loss scaling
             precision.scaler = DynamicLossScaler(**amp["GradScaler"])
@@ -406,6 +440,7 @@ def build_training(cfg):
         # Check the loss when the meter reports and at every step checkpoint, never per step.
         save_every = g["save_interval"] if g["save_unit"] == "step" else g["print_batch_step"]
         hooks.append(NanGuard(every=math.gcd(g["print_batch_step"], save_every)))
+    trained_weights = partial(full_precision_weights, model, optimizer)
     train_model = paddle.DataParallel(model) if dist.world_size() > 1 else model
     global_batch = batch * dist.world_size()
     lr_scale = lr_scale_for(s, global_batch)
@@ -418,7 +453,8 @@ def build_training(cfg):
     checkpoint = Checkpoint(run_dir, model, optimizer, g["save_interval"], g["save_unit"],
                             g["max_num_latest_checkpoint"], config=cfg, world_size=dist.world_size(),
                             fixed=RESUME_FIXED, shape_problems=shape_problems,
-                            facts={"training images": len(train_loader.dataset)}, best_of="eval")
+                            facts={"training images": len(train_loader.dataset)}, best_of="eval",
+                            weights=partial(fp32_weights, model, optimizer))
     hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule.at), checkpoint,
               DataPosition(train_loader),
               MetricsLog(run_dir.file("metrics.jsonl")), Progress(g["progress"], log=run_dir.append_to_log),
@@ -433,7 +469,7 @@ def build_training(cfg):
     ema = cfg["EMA"]
     if ema["decay"] > 0:
         ema_model = use_cpu_speed_paths(build_model(cfg["Model"]), cfg, kernels)  # its evaluation gains
-        hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"]))
+        hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"], weights=trained_weights))
         if evaluation is not None and ema["eval_with_ema"]:
             hooks.append(evaluate(partial(evaluation, ema_model), name="eval_ema"))
     hooks += [import_hook(name, kwargs, f"Hooks.{i}") for i, entry in enumerate(cfg["Hooks"])

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import paddle
 
 from .errors import CheckpointError
 
@@ -70,6 +71,22 @@ def fit_state_dict(state: dict, expected: dict, source: str, log=print) -> dict:
     if problems:
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
     return state
+
+
+def in_model_dtypes(state: dict, model_state: dict) -> dict:
+    """Arrays in the dtypes of the model's entries, so the weights of an O2 run (float16, or
+    bfloat16, which Paddle saves as its uint16 bit pattern) load into an fp32 model, and fp32
+    weights into a cast one. Entries the model does not have are left as they are."""
+    out = {}
+    for name, value in state.items():
+        target = model_state.get(name)
+        value = np.asarray(value)
+        if target is not None and str(target.dtype) != f"paddle.{value.dtype}":
+            if value.dtype == np.uint16 and target.dtype != paddle.uint16:  # bfloat16 bits
+                value = (value.astype(np.uint32) << 16).view(np.float32)
+            value = paddle.to_tensor(value).astype(target.dtype)
+        out[name] = value
+    return out
 
 
 def shape_problems(found: dict, expected: dict, limit: int = 8) -> list:

@@ -82,6 +82,7 @@ SCHEMA = {
     "FP16": {
         "level": (("O0", "O1", "O2"), "O0"),
         "dtype": (("float16", "bfloat16"), "float16"),  # ours
+        "cast_on_cpu": ("bool", False),  # ours: O2 cast for real on the CPU (deit/cast_on_cpu.py)
         "GradScaler": {
             "init_loss_scaling": ("float", 65536.0, ">0"),
             "incr_every_n_steps": ("int", 2000, ">=1"),

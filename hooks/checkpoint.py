@@ -39,14 +39,15 @@ class Checkpoint(Hook):
 
     `fixed` names config keys (dotted, or a section prefix) that a resumed run must not change,
     and `facts` values (e.g. the number of training images) that must be the same on resume;
-    `shape_problems(found, expected)` describes how two name -> shape maps differ."""
+    `shape_problems(found, expected)` describes how two name -> shape maps differ; `weights()`
+    gives what the .pdparams files hold (the model's state_dict unless told)."""
 
     priority = Priority.CHECKPOINT
 
     def __init__(self, run_dir: RunDirectory, model, optimizer=None, interval: int = 1,
                  unit: str = "epoch", keep: int = 0, config: Optional[dict] = None,
                  world_size: int = 1, fixed: Sequence[str] = (), facts: Optional[dict] = None,
-                 shape_problems: Callable = None, best_of: str = "eval"):
+                 shape_problems: Callable = None, best_of: str = "eval", weights: Callable = None):
         if interval < 1 or keep < 0:
             raise ValueError(f"Checkpoint needs interval >= 1 and keep >= 0, got {interval}, {keep}")
         self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
@@ -55,6 +56,7 @@ class Checkpoint(Hook):
         self.facts = dict(facts or {})
         self.shape_problems = shape_problems or (lambda found, expected: [])
         self.best_of = best_of  # the evaluation whose best top-1 writes best.pdparams
+        self.weights = weights or model.state_dict  # what best/final.pdparams hold (fp32 under O2)
         self.saved = []  # names of the checkpoints this run wrote in run_dir, oldest first
         self._signal = None
         self._previous_handlers = {}
@@ -171,11 +173,11 @@ class Checkpoint(Hook):
     def eval_end(self, engine):
         name = engine.state.evaluation.name
         if name == self.best_of and engine.state.reports.latest(name)["is_best"] and self.run_dir.is_main:
-            self._write(self.model.state_dict(), "best.pdparams")
+            self._write(self.weights(), "best.pdparams")
 
     def completed(self, engine):
         if self.run_dir.is_main:
-            self._write(self.model.state_dict(), "final.pdparams")
+            self._write(self.weights(), "final.pdparams")
 
     def ended(self, engine):
         self._restore_signals()

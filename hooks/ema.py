@@ -1,7 +1,9 @@
 """Exponential moving average of the weights (timm's ModelEma, as in the official DeiT).
 
 After every optimizer step: ema = decay * ema + (1 - decay) * weights, over the whole
-state_dict, in fp32 whatever the training dtype. PLSC's `thres_steps` warm-up uses
+state_dict, in fp32 whatever the training dtype. `weights()` says what is averaged (default
+the model's state_dict); under O2 it is the fp32 master weights, not their float16 roundings,
+whose steps are mostly below float16's resolution. PLSC's `thres_steps` warm-up uses
 min(decay, (1 + n) / (10 + n)) for the n-th update. The shadow lives in a second model of the
 same architecture, so an Evaluate hook can evaluate it like any model.
 """
@@ -13,10 +15,11 @@ from engine import Hook, Priority
 class EMA(Hook):
     priority = Priority.EMA
 
-    def __init__(self, model, ema_model, decay: float = 0.99996, warmup: bool = False):
+    def __init__(self, model, ema_model, decay: float = 0.99996, warmup: bool = False, weights=None):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.model, self.ema_model, self.decay, self.warmup = model, ema_model, decay, warmup
+        self.weights = weights or model.state_dict
         self.updates = 0
         self.ema_model.eval()
         for p in self.ema_model.parameters():
@@ -24,10 +27,15 @@ class EMA(Hook):
         self._pairs = None
 
     def _paired(self):
-        if self._pairs is None:
-            ema = self.ema_model.state_dict()
-            self._pairs = [(ema[name], value) for name, value in self.model.state_dict().items()]
-        return self._pairs
+        """(shadow, source) pairs; kept once every source has the shadow's dtype (O2 masters
+        appear at the first optimizer step, until then sources are cast)."""
+        if self._pairs is not None:
+            return self._pairs
+        ema = self.ema_model.state_dict()
+        pairs = [(ema[name], value) for name, value in self.weights().items()]
+        if all(shadow.dtype == value.dtype for shadow, value in pairs):
+            self._pairs = pairs
+        return pairs
 
     def started(self, engine):
         if self.updates == 0:  # a fresh run starts the shadow at the initial (or pretrained) weights
