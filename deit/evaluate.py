@@ -14,7 +14,7 @@ def evaluate_sums(model, loader, loss_fn=None, topk=(1, 5), autocast=contextlib.
     and loss are computed in fp32. The previous train/eval mode is restored after."""
     was_training = model.training
     model.eval()
-    sums = {"count": 0.0, "loss_sum": 0.0, **{f"correct@{k}": 0.0 for k in topk}}
+    count, device_sums = 0, None  # summed on the device, read once at the end
     try:
         for images, labels in loader:
             with autocast():
@@ -23,18 +23,21 @@ def evaluate_sums(model, loader, loss_fn=None, topk=(1, 5), autocast=contextlib.
             n = labels.shape[0]
             k_max = min(max(topk), logits.shape[-1])
             top = paddle.topk(logits, k_max, axis=-1)[1]
-            hits = (top == labels.reshape([-1, 1])).astype("float32")
-            for k in topk:
-                sums[f"correct@{k}"] += float(hits[:, :k].sum())
-            if loss_fn is not None:
-                sums["loss_sum"] += float(loss_fn(logits, labels)) * n
-            sums["count"] += n
+            hits = (top == labels.reshape([-1, 1])).astype("float64")
+            parts = [hits[:, :k].sum() for k in topk]
+            parts.append(loss_fn(logits, labels).astype("float64") * n if loss_fn is not None
+                         else paddle.zeros([], dtype="float64"))
+            batch = paddle.stack(parts)
+            device_sums = batch if device_sums is None else device_sums + batch
+            count += n
             if on_batch is not None:
                 on_batch()
     finally:
         if was_training:
             model.train()
-    return sums
+    values = device_sums.numpy().tolist() if device_sums is not None else [0.0] * (len(topk) + 1)
+    return {"count": float(count), "loss_sum": values[-1],
+            **{f"correct@{k}": v for k, v in zip(topk, values[:-1])}}
 
 
 class Evaluation:
