@@ -22,28 +22,40 @@ import sys
 import warnings
 
 
-def _set_threads(config_path, overrides) -> None:
+def _early_setting(config_path, overrides, key: str, default):
+    """A Global setting needed before Paddle loads, from -o (last wins) or else the config file.
+    A config that does not parse is reported later by load_config."""
+    given = [a.split("=", 1)[1] for a in overrides if a.startswith(f"Global.{key}=")]
+    if given:
+        return given[-1].strip()
+    try:
+        import yaml
+        with open(config_path, encoding="utf-8") as f:
+            return str(((yaml.safe_load(f) or {}).get("Global") or {}).get(key, default)).strip()
+    except Exception:  # noqa: BLE001 - load_config gives the real message
+        return str(default)
+
+
+def _set_threads(config_path, overrides) -> bool:
     """Paddle reads OMP_NUM_THREADS and MKL's CPU dispatch when it is first imported, so this
-    runs before any Paddle import: Global.num_threads (from -o, else the config) wins, 0 means
-    all cores. A config that does not parse is reported later by load_config."""
+    runs before any Paddle import. Only for Global.device cpu: Global.num_threads wins, 0 means
+    all cores. A GPU run keeps the user's environment (all cores for each of 8 ranks and their
+    loader workers would oversubscribe the machine). Returns whether it tuned the CPU."""
+    if _early_setting(config_path, overrides, "device", "cpu") != "cpu":
+        return False
     from deit.cpu_env import configure_cpu_math
-    wanted = next((a.split("=", 1)[1] for a in overrides if a.startswith("Global.num_threads=")), None)
-    if wanted is None:
-        try:
-            import yaml
-            with open(config_path, encoding="utf-8") as f:
-                wanted = ((yaml.safe_load(f) or {}).get("Global") or {}).get("num_threads", 0)
-        except Exception:  # noqa: BLE001 - load_config gives the real message
-            wanted = 0
-    wanted = str(wanted).strip()
+    wanted = _early_setting(config_path, overrides, "num_threads", 0)
     configure_cpu_math(int(wanted) if wanted.isdigit() else 0)
+    return True
 
 
-def _import_paddle_quietly() -> None:
-    """Paddle prints a data-parallel warning to stderr whenever OMP_NUM_THREADS > 1 and warns
-    about ccache on import; both are noise for us (we set the threads on purpose)."""
+def _import_paddle_quietly(cpu_tuned: bool) -> None:
+    """Paddle warns about ccache on import, and to stderr whenever OMP_NUM_THREADS > 1 under
+    data parallel; on a CPU run we set the threads on purpose, so that one is noise there. A GPU
+    run keeps it: there the user's OMP_NUM_THREADS is theirs to hear about."""
     warnings.filterwarnings("ignore", message="No ccache found")
-    with contextlib.redirect_stderr(io.StringIO()):
+    quiet = contextlib.redirect_stderr(io.StringIO()) if cpu_tuned else contextlib.nullcontext()
+    with quiet:
         import paddle  # noqa: F401
 
 
@@ -80,9 +92,9 @@ def main(argv=None, force_eval: bool = False) -> int:
     args = parse_args(argv)
     from configs import find_config
     args.config = find_config(args.config)  # a path, or the name of a bundled config
-    _set_threads(args.config, args.override)
+    cpu_tuned = _set_threads(args.config, args.override)
     try:
-        _import_paddle_quietly()
+        _import_paddle_quietly(cpu_tuned)
     except ImportError as exc:
         print(f"error: PaddlePaddle cannot be imported ({exc}): install the CPU wheel with "
               f"pip install paddlepaddle (or this package's [cpu] extra), or for GPUs the "

@@ -76,3 +76,17 @@ def test_cpu_training_takes_blocks_from_the_heap_and_only_training(tiny_config):
     assert new_mmaps("train", tiny_config) == "0"
     assert new_mmaps("startup") == "1"
     assert new_mmaps("train", tiny_config, extra_env={"MALLOC_MMAP_THRESHOLD_": "131072"}) == "1"
+
+
+def test_cpu_tuning_is_for_cpu_runs_only(monkeypatch, tmp_path):
+    """A GPU launch of 8 ranks must not get OMP_NUM_THREADS = all cores for each rank and its
+    loader workers: only Global.device cpu (from -o, else the config) tunes the CPU."""
+    import run
+    plsc = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs", "plsc",
+                        "DeiT_base_patch16_224_in1k_1n8c_dp_fp32.yaml")  # device: gpu
+    for config, overrides, tuned in ((plsc, [], False), (plsc, ["Global.device=cpu"], True),
+                                     (plsc, ["Global.device=cpu", "Global.device=gpu"], False),
+                                     (str(tmp_path / "missing.yaml"), [], True)):
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert run._set_threads(config, overrides) is tuned
+        assert ("OMP_NUM_THREADS" in os.environ) is tuned, (config, overrides)
