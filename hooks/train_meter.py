@@ -1,7 +1,9 @@
 """Windowed training statistics: loss, images/s, data vs compute time, ETA.
 
 Sums the loss on the device and reads it back only every `every` steps (and at the end of an
-epoch), so there is no host-device sync per step. The first `warmup` steps after (re)start are
+epoch), so there is no host-device sync per step. On a GPU the steps run ahead of the host,
+so a report step takes its time after that read (which waits for every step of the window),
+or the window would end before its work did and overstate img/s. The first `warmup` steps after (re)start are
 left out of the speed figures. Each report is put as "train" in `state.reports`.
 """
 import time
@@ -39,23 +41,25 @@ class TrainMeter(Hook):
 
     def iter_end(self, engine):
         state, out = engine.state, engine.state.output
-        now = time.perf_counter()
-        self.steps_seen += 1
         loss = out["loss"]
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         self.loss_count += 1
+        end_of_epoch = state.iters_per_epoch and state.epoch_iter >= state.iters_per_epoch
+        report = state.epoch_iter % self.every == 0 or end_of_epoch
+        loss_total = float(self.loss_sum) if report else None  # waits for the window's steps
+        now = time.perf_counter()
+        self.steps_seen += 1
         if self.steps_seen > self.warmup:
             self.images += out["batch_size"]
             self.data_time += self.data_wait
             self.step_time += now - self.step_start
             self.timed_steps += 1
-        end_of_epoch = state.iters_per_epoch and state.epoch_iter >= state.iters_per_epoch
-        if state.epoch_iter % self.every == 0 or end_of_epoch:
-            state.reports.put("train", self._record(state))
+        if report:
+            state.reports.put("train", self._record(state, loss_total))
             self._reset_window()
         self.last_end = time.perf_counter()
 
-    def _record(self, state) -> dict:
+    def _record(self, state, loss_total: float) -> dict:
         busy = self.data_time + self.step_time
         self.run_images, self.run_busy = self.run_images + self.images, self.run_busy + busy
         per_step = busy / self.timed_steps if self.timed_steps else None
@@ -63,7 +67,7 @@ class TrainMeter(Hook):
         lr = state.reports.latest("lr")
         return {
             "event": "train", **state.counters(),
-            "loss": float(self.loss_sum) / self.loss_count,
+            "loss": loss_total / self.loss_count,
             "lr": lr["lr"] if lr else None,
             "img_per_s": self.images * dist.world_size() / busy if busy and self.images else None,
             "img_per_s_per_device": self.images / busy if busy and self.images else None,

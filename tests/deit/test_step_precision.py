@@ -91,3 +91,36 @@ def test_grad_clip_bounds_the_global_norm():
     clipped = paddle.nn.ClipGradByGlobalNorm(0.5)(grads)
     norm = np.sqrt(sum(float((g ** 2).sum()) for _, g in clipped))
     assert norm == pytest.approx(0.5, rel=1e-4)
+
+
+def test_accumulation_all_reduces_once_per_step_under_data_parallel():
+    """paddle.DataParallel all-reduces in every backward unless inside `no_sync()`: all micro-
+    batches but the last run inside it, so a step all-reduces once (what the reducer then sends
+    is the local sum of all micro-batches' gradients)."""
+    import contextlib
+
+    class Recording(paddle.nn.Layer):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.syncing, self.calls = inner, True, []
+
+        @contextlib.contextmanager
+        def no_sync(self):
+            self.syncing = False
+            try:
+                yield
+            finally:
+                self.syncing = True
+
+        def forward(self, x):
+            self.calls.append(self.syncing)
+            return self.inner(x)
+
+    model = Recording(_tiny())
+    step = make_train_step(model, CELoss(), build_adamw(model, 1e-3), Precision(), 4)
+    step(_batch(8))
+    assert model.calls == [False, False, False, True]
+    step = make_train_step(model, CELoss(), build_adamw(model, 1e-3), Precision(), 1)
+    model.calls = []
+    step(_batch(8))
+    assert model.calls == [True]

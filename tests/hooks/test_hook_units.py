@@ -173,3 +173,36 @@ def test_checkpoint_resume_restores_the_model_optimizer_and_position(tmp_path):
         again.on(Events.ITER_END, lambda e: steps.append(e.state.iteration))
         again.run()
     assert steps == [5, 6]  # only the third epoch is left
+
+
+class _DeviceLoss:
+    """A loss whose value, like a GPU tensor's, is ready only after the device catches up:
+    reading it waits `delay` seconds (the steps that ran ahead of the host)."""
+
+    def __init__(self, value, delay):
+        self.value, self.delay = value, delay
+
+    def __add__(self, other):
+        return _DeviceLoss(self.value + other.value, self.delay + other.delay)
+
+    def __float__(self):
+        import time
+        time.sleep(self.delay)
+        return float(self.value)
+
+
+def test_train_meter_times_a_window_after_the_read_that_waits_for_its_steps():
+    """The wait to read the window's loss is the device finishing the window's steps: it is in
+    the step time, so img/s is not overstated on a GPU. (A lower bound only: sleep guarantees it.)"""
+    def step(engine, batch):
+        return {"loss": _DeviceLoss(1.0, 0.05), "batch_size": 8}
+
+    engine = Engine(step, list(range(4)), max_epochs=1)
+    collect = Collect("train")
+    for hook in (TrainMeter(every=4, warmup=0), collect):
+        engine.register(hook)
+    engine.run()
+    (record,) = collect.seen
+    assert record["loss"] == pytest.approx(1.0)
+    assert record["step_time"] >= 4 * 0.05 / 4  # the 0.2 s read, spread over the window's 4 steps
+    assert record["img_per_s"] <= 32 / 0.2
