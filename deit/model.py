@@ -65,8 +65,26 @@ class Attention(nn.Layer):
         b, n, width = qkv.shape
         h = self.num_heads
         q, k, v = paddle.split(qkv.reshape([b, n, 3 * h, width // (3 * h)]), 3, axis=2)  # backward is one concat
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop, training=self.training)
+        if q.dtype == paddle.float32 and not q.place.is_cpu_place() and not SDPA_SELECTS_BY_DTYPE:
+            out = explicit_attention(q, k, v, self.attn_drop, self.training)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop, training=self.training)
         return out.reshape([b, n, width // 3])
+
+
+# Paddle 3.0-3.2's scaled_dot_product_attention takes flash attention on any GPU when there is
+# no mask, and flash attention has float16/bfloat16 kernels only: an fp32 run (PLSC's fp32
+# config, --eval, --predict) fails there. 3.3 chooses its kernel by dtype (paddle/nn/functional/sdpa.py).
+SDPA_SELECTS_BY_DTYPE = tuple(int(p) for p in paddle.__version__.split(".")[:2] if p.isdigit()) >= (3, 3) \
+    or paddle.__version__.startswith("0.0")  # a develop build
+
+
+def explicit_attention(q, k, v, dropout: float = 0.0, training: bool = False):
+    """softmax(q k^T / sqrt(d)) v for [batch, tokens, heads, head_dim] inputs, in plain ops."""
+    q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
+    weights = F.softmax(paddle.matmul(q, k, transpose_y=True) * (q.shape[-1] ** -0.5), axis=-1)
+    weights = F.dropout(weights, dropout, training=training)
+    return paddle.matmul(weights, v).transpose([0, 2, 1, 3])
 
 
 class Block(nn.Layer):

@@ -118,3 +118,20 @@ def test_the_cpu_gemm_path_is_swapped_in_by_the_wiring_not_built_into_the_model(
     assert list(trained.state_dict()) == list(plain.state_dict())
     amp = build_training(load_config(tiny_config, ["FP16.level=O1"], schema=SCHEMA)).engine.model
     assert linear_types(amp) == {paddle.nn.Linear}
+
+
+def test_explicit_attention_for_fp32_on_old_paddle_gpus_equals_the_fused_kernel():
+    """Paddle 3.0-3.2 GPUs take it for fp32 (flash attention there has no fp32 kernel); it must
+    compute what scaled_dot_product_attention computes, checked against numpy too."""
+    import paddle.nn.functional as F
+    from deit.model import explicit_attention
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 5, 3, 4)).astype("float32") for _ in range(3))
+    ours = explicit_attention(*(paddle.to_tensor(t) for t in (q, k, v))).numpy()
+    fused = F.scaled_dot_product_attention(*(paddle.to_tensor(t) for t in (q, k, v))).numpy()
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / 2.0
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = np.einsum("bhqk,bkhd->bqhd", weights, v)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-6)
