@@ -105,6 +105,15 @@ def all_reduce_sums(values: dict) -> dict:
     return dict(zip(keys, t.numpy().tolist()))
 
 
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable plain data), indexed by rank, on every rank."""
+    if world_size() == 1:
+        return [obj]
+    gathered = []
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def is_peer_failure(exc: BaseException) -> bool:
     """A collective that failed because another process of the launch died or hung (gloo and
     NCCL raise RuntimeError with these words; a hang ends at PADDLE_PG_TIMEOUT, 30 min)."""

@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Callable, Optional, Sequence
 
-from engine import Hook, Priority
+from engine import Hook, Priority, dist
 from engine.config import differences
 from engine.errors import CheckpointError, WriteFailed
 from engine.files import megabytes
@@ -78,7 +78,7 @@ class Checkpoint(Hook):
         changes = self._check_drift(ckpt, path, engine)  # first: it names the config keys
         self._check_facts(ckpt, path)
         checkpoint_state.check_fit(ckpt, path, self.model, self.shape_problems)
-        checkpoint_state.restore(ckpt, engine, self.model, self.optimizer)
+        checkpoint_state.restore(ckpt, engine, self.model, self.optimizer, dist.rank(), self.world_size)
         if not self.run_dir.owns(path):
             self.saved = []  # another directory's checkpoints are never this run's to delete
         worlds = [ckpt["world_size"], self.world_size]
@@ -167,7 +167,7 @@ class Checkpoint(Hook):
         if self._signal is not None:
             path = self.run_dir.file(name + ".pdckpt")
             if not self.saved or self.saved[-1] != name + ".pdckpt":
-                self.save(engine, name)
+                self.save(engine, name, every_rank=False)  # the signal may have reached one rank only
             raise Interrupted(self._signal, path)
 
     def eval_end(self, engine):
@@ -183,15 +183,18 @@ class Checkpoint(Hook):
         self._restore_signals()
 
     # ---- saving -----------------------------------------------------------------------
-    def save(self, engine, name: str) -> str:
+    def save(self, engine, name: str, every_rank: bool = True) -> str:
+        """Rank 0 writes; every rank counts. `every_rank`: all ranks are here (a scheduled save),
+        so each rank's random generators are gathered into the checkpoint."""
         name += ".pdckpt"
+        rng_ranks = dist.gather_objects(checkpoint_state.rng_state()) if every_rank and self.world_size > 1 else None
         if name in self.saved:
             self.saved.remove(name)
         self.saved.append(name)  # before saving, so the checkpoint knows itself on resume
         path = self.run_dir.file(name)
         if self.run_dir.is_main:
             self._write(checkpoint_state.capture(engine, self.model, self.optimizer, self.world_size,
-                                                 self.config, self.facts), name)
+                                                 self.config, self.facts, rng_ranks), name)
             self.run_dir.set_latest(name)
         while self.keep and len(self.saved) > self.keep:
             old = self.saved.pop(0)

@@ -5,7 +5,8 @@
                 stateful hook's state, keyed by state_key()
     model       the model's state_dict
     optimizer   its state keyed by structured parameter names (see below)
-    rng         python, numpy and paddle generator states, as plain numbers
+    rng         python, numpy and paddle generator states, as plain numbers (rank 0's)
+    rng_ranks   every rank's, indexed by rank (scheduled saves of a launch; optional)
     world_size  processes of the launch that wrote it
     config      the resolved config of that run
     facts       what a resume must find unchanged beyond the config (e.g. number of images)
@@ -23,7 +24,8 @@ from engine.errors import CheckpointError
 FORMAT = 2
 
 
-def capture(engine, model, optimizer, world_size: int, config: dict, facts: dict) -> dict:
+def capture(engine, model, optimizer, world_size: int, config: dict, facts: dict,
+            rng_ranks: list = None) -> dict:
     return {
         "format": FORMAT,
         "engine": engine.state_dict(),
@@ -31,6 +33,7 @@ def capture(engine, model, optimizer, world_size: int, config: dict, facts: dict
         "optimizer": rename_optimizer_state(optimizer.state_dict(), model, to_structured=True)
         if optimizer is not None else None,
         "rng": rng_state(),
+        "rng_ranks": rng_ranks or [],
         "world_size": world_size,
         "config": config,
         "facts": facts,
@@ -85,7 +88,7 @@ def check_fit(ckpt, path: str, model, shape_problems) -> None:
         raise CheckpointError(f"Global.checkpoint: {path} was saved from another model: " + "; ".join(problems))
 
 
-def restore(ckpt: dict, engine, model, optimizer) -> None:
+def restore(ckpt: dict, engine, model, optimizer, rank: int = 0, world_size: int = 1) -> None:
     engine.load_state_dict(ckpt["engine"])
     model.set_state_dict(ckpt["model"])
     if optimizer is not None and ckpt["optimizer"] is not None:
@@ -93,7 +96,16 @@ def restore(ckpt: dict, engine, model, optimizer) -> None:
         if state.get("master_weights"):
             state["master_weights"] = master_weight_tensors(state["master_weights"], state)
         optimizer.set_state_dict(state)
-    set_rng_state(ckpt["rng"])
+    set_rng_state(rng_of_rank(ckpt, rank, world_size))
+
+
+def rng_of_rank(ckpt: dict, rank: int, world_size: int) -> dict:
+    """This rank's generator states: its own when the checkpoint has every rank's and the launch
+    has the same size; rank 0's otherwise (a rank > 0 then continues with rank 0's streams)."""
+    ranks = ckpt.get("rng_ranks")
+    if isinstance(ranks, list) and len(ranks) == world_size == ckpt["world_size"] and isinstance(ranks[rank], dict):
+        return ranks[rank]
+    return ckpt["rng"]
 
 
 def master_weight_tensors(masters: dict, state: dict) -> dict:
@@ -148,7 +160,8 @@ def set_rng_state(rng: dict) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     saved = rng["paddle"]
     current = paddle.get_rng_state()
-    if saved["device"] != paddle.get_device() or len(saved["generators"]) != len(current):
+    same_kind = saved["device"].split(":")[0] == paddle.get_device().split(":")[0]  # gpu:0 for gpu:3
+    if not same_kind or len(saved["generators"]) != len(current):
         print(f"note: the checkpoint's random generators belong to {saved['device']}, this run uses "
               f"{paddle.get_device()}: dropout and drop-path continue from this run's seed")
         return

@@ -160,3 +160,27 @@ def test_a_node_that_never_joins_is_one_line_within_the_connect_timeout(tiny_con
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "log_alone")], capture_output=True, text=True).stdout
     assert left.strip() == "", "the launcher's processes outlived it"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_every_rank_resumes_its_own_random_streams(tiny_config, tmp_path):
+    """Drop-path draws per rank: after a kill -9 of both ranks and a resume, rank 1 must go on
+    with its own generators (only rank 0's were saved before), or its masks, and with them the
+    all-reduced gradients and the weights, leave the uninterrupted run's."""
+    from tests.faults import HOOKS as FAULT_HOOKS
+    (tmp_path / "dist_hooks.py").write_text(HOOKS)
+    (tmp_path / "fault_hooks.py").write_text(FAULT_HOOKS)
+    common = ["-c", tiny_config, "-o", "Global.epochs=2", "-o", "Model.drop_path_rate=0.5",
+              "-o", "Global.save_unit=step", "-o", "Global.save_interval=2",
+              "-o", "DataLoader.Train.sampler.batch_size=8"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    _launch(tmp_path, 2, common + ["-o", f"Global.output_dir={ref}",
+                                   "-o", f"Hooks=[{{dist_hooks.SaveEveryRank: {{out: '{ref}'}}}}]"], "ref")
+    code, _ = _launch(tmp_path, 2, common + ["-o", f"Global.output_dir={cut}",
+                                             "-o", "Hooks=[{fault_hooks.KillAt: {step: 5}}]"], "cut", expect_ok=False)
+    assert code != 0
+    _launch(tmp_path, 2, common + ["-o", f"Global.output_dir={cut}", "-o", "Global.checkpoint=auto",
+                                   "-o", f"Hooks=[{{dist_hooks.SaveEveryRank: {{out: '{cut}'}}}}]"], "resumed")
+    for rank in (0, 1):
+        a, b = _weights(ref / f"rank{rank}.pdparams"), _weights(cut / f"rank{rank}.pdparams")
+        assert all(np.array_equal(a[k], b[k]) for k in a), f"rank {rank} left the uninterrupted run"
