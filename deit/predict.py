@@ -90,6 +90,16 @@ class EagerModel:
             return self.model(self._paddle.to_tensor(images)).astype("float32").numpy()
 
 
+GPU_MEMORY_POOL_MB = 256  # Paddle Inference's initial GPU memory pool; it grows as needed
+
+
+def gpu_id() -> int:
+    """The GPU this process was given: a launch sets FLAGS_selected_gpus per rank (each rank
+    on GPU 0 would put the whole launch on one device); 0 for a plain run."""
+    selected = os.environ.get("FLAGS_selected_gpus", "").split(",")[0].strip()
+    return int(selected) if selected.isdigit() else 0
+
+
 class InferenceModel:
     """An exported model (`PREFIX.json` + `PREFIX.pdiparams`) run by Paddle Inference. On CPU
     with oneDNN: 1.8-2x timm's eval throughput here, 2.4-3.4x our eager model's
@@ -105,7 +115,7 @@ class InferenceModel:
                              f"with .pdiparams): export one with --export")
         config = inference.Config(model_file, prefix + ".pdiparams")
         if device == "gpu":
-            config.enable_use_gpu(256, 0)
+            config.enable_use_gpu(GPU_MEMORY_POOL_MB, gpu_id())
         else:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)

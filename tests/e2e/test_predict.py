@@ -186,3 +186,15 @@ def test_eval_on_cpu_runs_paddle_inference_and_agrees_with_the_eager_model(train
     numbers = {b: [float(x) for x in re.findall(r"(?:top1|top5|loss)=([0-9.]+)", line)] for b, line in found.items()}
     assert numbers["auto"][:2] == numbers["eager"][:2]                       # top-1, top-5: the same images right
     assert numbers["auto"][2] == pytest.approx(numbers["eager"][2], rel=1e-5)  # the loss, to rounding
+
+
+def test_paddle_inference_on_a_gpu_uses_the_device_a_launch_gave_this_rank(monkeypatch):
+    """paddle.distributed.launch gives rank r FLAGS_selected_gpus=r; --predict and --eval
+    through Paddle Inference took GPU 0 on every rank."""
+    from deit.predict import gpu_id
+    monkeypatch.delenv("FLAGS_selected_gpus", raising=False)
+    assert gpu_id() == 0
+    monkeypatch.setenv("FLAGS_selected_gpus", "3")
+    assert gpu_id() == 3
+    monkeypatch.setenv("FLAGS_selected_gpus", "5,6")
+    assert gpu_id() == 5
