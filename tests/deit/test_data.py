@@ -260,7 +260,7 @@ def _epoch_keys(n, batch, world, epoch=3, repeats=1, drop_last=True, cuts=()):
         assert len(lengths) == 1, "ranks must take the same number of steps"
         end = lengths.pop() if stop is None else stop
         for b in range(start, end):
-            batches = [s.batch_indices(b) for s in samplers]
+            batches = [s.batch_keys(b) for s in samplers]  # (index, epoch[, copy]): copies stay apart
             assert all(batches), "every rank gets samples at every step"
             for keys in batches:
                 seen.update(keys)
@@ -297,3 +297,72 @@ def test_positions_are_global_and_progress_counts_samples():
     assert one.position(4) == {"epoch": 1, "world_size": 2, "consumed": 96}
     one.set_epoch(2)  # the next epoch is a fresh 1-process epoch
     assert len(one) == 7 and one.position(7) == {"epoch": 2, "world_size": 1, "consumed": 112}
+
+
+def test_repeated_augmentation_copies_are_different_views_of_one_image(tiny_dataset):
+    """DeiT's RASampler shows k differently augmented copies of an image; with one seed per
+    (epoch, index) the copies were byte-identical. 200+ samples of PLSC's train pipeline (at
+    32 px), 2 ranks, 2 epochs: every copy differs from every other copy of its image in its epoch."""
+    import os
+    from collections import defaultdict
+    from deit.build import build_dataset
+    ops = [{"DecodeImage": {"to_rgb": True, "channel_first": False}},
+           {"RandCropImage": {"size": 32, "interpolation": "bicubic", "backend": "pil"}},
+           {"RandFlipImage": {"flip_code": 1}},
+           {"TimmAutoAugment": {"config_str": "rand-m9-mstd0.5-inc1", "interpolation": "bicubic", "img_size": 32,
+                                "mean": [0.485, 0.456, 0.406]}},
+           {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                               "order": ""}},
+           {"RandomErasing": {"EPSILON": 0.25, "sl": 0.02, "sh": "1.0/3.0", "r1": 0.3, "attempt": 10,
+                              "use_log_aspect": True, "mode": "pixel"}},
+           {"ToCHWImage": None}]
+    section = {"dataset": {"name": "ImageNetDataset", "image_root": tiny_dataset, "transform_ops": ops,
+                           "cls_label_path": os.path.join(tiny_dataset, "train_list.txt"), "max_bad_fraction": 0.01}}
+    dataset = build_dataset(section, 42, "test")
+    copies = defaultdict(list)
+    for epoch in (1, 2):  # 120 images: 120 samples an epoch over the 2 ranks
+        for rank in range(2):
+            sampler = ResumableBatchSampler(len(dataset), 8, seed=42, rank=rank, world_size=2, repeats=3)
+            sampler.set_epoch(epoch)
+            for batch in sampler:
+                for key in batch:
+                    copies[key[0], epoch].append(dataset[key][0])
+    assert sum(len(v) for v in copies.values()) >= 200
+    repeated = [views for views in copies.values() if len(views) > 1]
+    assert len(repeated) >= 50
+    for views in repeated:
+        assert len({v.tobytes() for v in views}) == len(views)
+
+
+def test_two_ranks_draw_different_mixup_for_the_same_batch_index(tiny_dataset):
+    """timm and PLSC draw Mixup/CutMix per rank; one draw for all ranks mixed the global batch alike."""
+    from deit.data.loader import Loader
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, num_classes=4)
+    drawn = {}
+
+    def record(rank):
+        def transform(images, labels, rng):
+            drawn.setdefault(rank, []).append(mixup.params(rng))
+            return images, labels
+        return transform
+
+    class Data:
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, key):
+            return np.zeros((3, 4, 4), np.float32), 0
+
+    for rank in range(2):
+        sampler = ResumableBatchSampler(64, 4, seed=1, rank=rank, world_size=2)
+        loader = Loader(Data(), sampler, batch_transform=record(rank), seed=1, rank=rank)
+        loader.set_epoch(1)
+        list(loader)
+    assert len(drawn[0]) == len(drawn[1]) == 8
+    assert all(a != b for a, b in zip(drawn[0], drawn[1]))
+    again = {}
+    sampler = ResumableBatchSampler(64, 4, seed=1, rank=1, world_size=2)
+    loader = Loader(Data(), sampler, batch_transform=lambda i, l, rng: (again.setdefault(1, []).append(mixup.params(rng)), (i, l))[1], seed=1, rank=1)
+    loader.set_epoch(1, start_batch=3)
+    list(loader)
+    assert again[1] == drawn[1][3:]  # still a pure function of (seed, epoch, batch, rank): resumable
