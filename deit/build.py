@@ -425,17 +425,8 @@ def build_training(cfg):
         load_pretrained(model, g["pretrained_model"])
     o, s = cfg["Optimizer"], cfg["LRScheduler"]
     optimizer = build_adamw(model, s["learning_rate"], **o)
-    precision, hooks = Precision(), []
-    if amp["level"] != "O0":
-        check_low_precision_support(cfg)
-        precision.enable_autocast(amp["level"], amp["dtype"])
-        if amp["level"] == "O2" and cast_on_cpu(cfg):
-            model, optimizer = cast_like_gpu(model, optimizer, amp["dtype"])
-        elif amp["level"] == "O2":  # fp32 master weights in the optimizer, whatever use_master_param says
-            model, optimizer = decorate_o2(model, optimizer, amp["dtype"], master_weight=True)
-        if amp["dtype"] == "float16":  # bfloat16 has fp32's range: no loss scaling
-            precision.scaler = DynamicLossScaler(**amp["GradScaler"])
-            hooks.append(GradScaler(precision.scaler))
+    model, optimizer, precision = build_precision(cfg, model, optimizer)
+    hooks = [GradScaler(precision.scaler)] if precision.scaler is not None else []
     if amp["level"] == "O0" or amp["dtype"] == "bfloat16":
         # Check the loss when the meter reports and at every step checkpoint, never per step.
         save_every = g["save_interval"] if g["save_unit"] == "step" else g["print_batch_step"]
@@ -477,6 +468,24 @@ def build_training(cfg):
     for hook in hooks:
         engine.register(hook)
     return Training(engine, checkpoint, evaluation)
+
+
+def build_precision(cfg, model, optimizer):
+    """FP16.level and dtype: autocast, the O2 cast with fp32 master weights (whatever
+    Optimizer.use_master_param says), and for float16 the dynamic loss scaler. Returns
+    (model, optimizer, Precision); the model and optimizer are changed in place."""
+    amp, precision = cfg["FP16"], Precision()
+    if amp["level"] == "O0":
+        return model, optimizer, precision
+    check_low_precision_support(cfg)
+    precision.enable_autocast(amp["level"], amp["dtype"])
+    if amp["level"] == "O2" and cast_on_cpu(cfg):
+        model, optimizer = cast_like_gpu(model, optimizer, amp["dtype"])
+    elif amp["level"] == "O2":
+        model, optimizer = decorate_o2(model, optimizer, amp["dtype"], master_weight=True)
+    if amp["dtype"] == "float16":  # bfloat16 has fp32's range: no loss scaling
+        precision.scaler = DynamicLossScaler(**amp["GradScaler"])
+    return model, optimizer, precision
 
 
 def lr_scale_for(scheduler: dict, global_batch: int) -> float:

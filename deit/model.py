@@ -65,7 +65,7 @@ class Attention(nn.Layer):
         b, n, width = qkv.shape
         h = self.num_heads
         q, k, v = paddle.split(qkv.reshape([b, n, 3 * h, width // (3 * h)]), 3, axis=2)  # backward is one concat
-        if q.dtype == paddle.float32 and not q.place.is_cpu_place() and not SDPA_SELECTS_BY_DTYPE:
+        if q.dtype == paddle.float32 and not SDPA_SELECTS_BY_DTYPE and not paddle.get_device().startswith("cpu"):
             out = explicit_attention(q, k, v, self.attn_drop, self.training)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop, training=self.training)

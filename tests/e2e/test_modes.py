@@ -186,3 +186,13 @@ def test_the_sdist_holds_its_tests_and_the_wheel_its_configs(tmp_path):
     files = zipfile.ZipFile(src / "dist" / wheel).namelist()
     assert "configs/demo.yaml" in files and "configs/plsc/DeiT_base_patch16_224_in1k_2n16c_dp_fp16o2.yaml" in files
     assert "run.py" in files and any(f.endswith("LICENSE") for f in files)
+
+
+def test_gpu_check_says_why_it_stops_on_a_machine_without_a_gpu():
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "no GPU here: this PaddlePaddle has no CUDA" in result.stdout and "--emulate" in result.stdout
+    assert "Traceback" not in result.stderr
