@@ -67,6 +67,7 @@ from .step import make_train_step
 def setup_runtime(cfg) -> None:
     """Device and seeds. Seeds are offset by rank so dropout differs across ranks."""
     g = cfg["Global"]
+    check_paddle_version(paddle.__version__)
     if g["device"] == "gpu" and not paddle.device.is_compiled_with_cuda():
         raise SetupError("Global.device is 'gpu' but this PaddlePaddle build has no CUDA: "
                          "install paddlepaddle-gpu or run with -o Global.device=cpu")
@@ -80,6 +81,15 @@ def setup_runtime(cfg) -> None:
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)
+
+
+def check_paddle_version(version: str) -> None:
+    """PaddlePaddle 3.0 or newer: 2.x lacks the APIs used here (scaled_dot_product_attention,
+    use_lowprecision_moment, the PIR export). A develop build (0.0.0) passes."""
+    major = version.split(".")[0]
+    if major.isdigit() and 0 < int(major) < 3:
+        raise SetupError(f"PaddlePaddle {version} is installed; this needs 3.0 or newer (for GPUs the "
+                         f"3.x paddlepaddle-gpu wheel from Paddle's own index: see the README's install lines)")
 
 
 def build_model(m) -> paddle.nn.Layer:

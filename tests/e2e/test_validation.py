@@ -307,3 +307,29 @@ def test_pretrained_model_takes_a_training_checkpoints_weights(tiny_config, tmp_
     from_final = capsys.readouterr().out
     top1 = [line.split("top1=")[1].split()[0] for line in (from_ckpt + from_final).splitlines() if "top1=" in line]
     assert len(top1) == 2 and top1[0] == top1[1]  # the same weights: the final ones of epoch 1
+
+
+def test_a_paddle_older_than_3_is_refused_in_one_line():
+    from deit.build import check_paddle_version
+    from deit.errors import SetupError
+    for fine in ("3.0.0", "3.3.1", "0.0.0", "3.0.0rc1"):
+        check_paddle_version(fine)
+    with pytest.raises(SetupError, match=r"PaddlePaddle 2.6.2 is installed; this needs 3.0 or newer"):
+        check_paddle_version("2.6.2")
+
+
+def test_a_gpu_without_the_configured_dtype_is_refused_not_silently_fp32(monkeypatch):
+    """On such a GPU paddle.amp.decorate and autocast return without casting (Paddle's
+    amp_decorate checks _is_gpu_bfloat16_supported), while the run summary said O2. The
+    device query is Paddle's; here it answers as a V100 would for bfloat16."""
+    import paddle
+    from deit.build import check_low_precision_support
+    from deit.errors import SetupError
+    from deit.schema import SCHEMA
+    from engine.config import load_config
+    cfg = load_config(PLSC, ["FP16.level=O2", "FP16.dtype=bfloat16"], SCHEMA)
+    monkeypatch.setattr(paddle.amp, "is_bfloat16_supported", lambda device=None: False)
+    monkeypatch.setattr(paddle.device.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-32GB")
+    with pytest.raises(SetupError, match=r"FP16.dtype bfloat16: this GPU \(Tesla V100-SXM2-32GB\) has no "
+                                         r"bfloat16 kernels in Paddle, so FP16.level O2 would train in fp32"):
+        check_low_precision_support(cfg)
