@@ -48,6 +48,19 @@ class WaitFor(Hook):
         while engine.state.iteration == self.step and not os.path.exists(self.path) and time.time() < deadline:
             time.sleep(0.02)
 
+class HoldAt(Hook):
+    """At the end of step `step`, write the file `mark`, then hold the run until `go` exists
+    (or 120 s pass): a test signals the run at a known step, while it is certainly inside it."""
+    priority = 0
+    def __init__(self, step, mark, go): self.step, self.mark, self.go = step, mark, go
+    def iter_end(self, engine):
+        if engine.state.iteration != self.step:
+            return
+        open(self.mark, "w").close()
+        deadline = time.time() + 120
+        while not os.path.exists(self.go) and time.time() < deadline:
+            time.sleep(0.02)
+
 class Slow(Hook):
     def __init__(self, seconds=0.3): self.seconds = seconds
     def iter_end(self, engine):

@@ -1,4 +1,5 @@
 """A paddle.io.DataLoader over a batch sampler, exposing the sampler's `set_epoch`."""
+import atexit
 import ctypes
 import signal
 import sys
@@ -13,9 +14,17 @@ from ..errors import DataError
 MIX_STREAM = 0x6D6978  # "mix": keeps the batch transform's seeds apart from the samples' seeds
 
 
-def _die_with_parent(worker_id: int) -> None:
-    """Worker processes get SIGKILL when the trainer dies (even by kill -9), so no orphaned
-    worker keeps running, holding shared memory or the parent's stdout open."""
+def _worker_init(worker_id: int) -> None:
+    """Worker processes leave SIGTERM and SIGINT to the trainer, and get SIGKILL when it dies.
+
+    Schedulers signal the whole process group or every process of a job (SLURM's preemption,
+    `timeout`, Paddle's launcher when a peer dies, Ctrl-C in a terminal): a worker that died of
+    it first made Paddle raise "DataLoader process exited" in the trainer before it could save.
+    Ignoring them here, the trainer saves at the step's end and stops its workers itself
+    (`shutdown`). With PR_SET_PDEATHSIG no orphaned worker outlives a trainer killed by -9,
+    holding shared memory or the parent's stdout open."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -57,11 +66,14 @@ class Loader:
         self.batch_transform, self.seed, self.rank = batch_transform, seed, rank
         if num_workers > 0:
             _quiet_data_errors_from_loader_threads()
+            # before multiprocessing's own exit handler (atexit runs the later first), which
+            # would SIGTERM the workers, which ignore it, and wait for them forever
+            atexit.register(self.shutdown)
         self._loader = paddle.io.DataLoader(
             dataset, batch_sampler=batch_sampler, num_workers=num_workers,
             use_shared_memory=use_shared_memory, collate_fn=collate, return_list=True,
             persistent_workers=num_workers > 0,  # no worker start-up stall at every epoch
-            worker_init_fn=_die_with_parent if num_workers > 0 else None,
+            worker_init_fn=_worker_init if num_workers > 0 else None,
             timeout=0 if num_workers == 0 else 600)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -95,8 +107,13 @@ class Loader:
         alive at exit). Uses Paddle's iterator shutdown, the one its own __del__ calls."""
         iterator = getattr(self._loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_try_shutdown_all"):
+            workers = list(getattr(iterator, "_workers", []))
             iterator._try_shutdown_all(1)
             self._loader._iterator = None
+            for worker in workers:  # one that did not take the stop message in a second
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join(1)
 
     def _batches(self):
         if self.batch_transform is None:

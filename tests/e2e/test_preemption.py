@@ -1,0 +1,48 @@
+"""Preemption as schedulers do it: SIGTERM to the whole process group (SLURM's preemption and
+scancel, `timeout`, Paddle's launcher), so the data workers get it too. The trainer must save at
+the step's end and exit 143, its workers must not die first, and nothing may be left running."""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.faults import command, environment, hooks_option, run_cli, write_hooks
+
+
+def _wait_for(path, proc, seconds=180):
+    deadline = time.time() + seconds
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_to_the_process_group_saves_at_the_step_end_and_resumes(tiny_config, tmp_path, workers):
+    write_hooks(tmp_path)
+    out, mark, go = tmp_path / "run", tmp_path / "at_step", tmp_path / "go"
+    w = f"DataLoader.Train.loader.num_workers={workers}"
+    args = command(tiny_config, out, w, "Global.epochs=2",
+                   hooks_option(f"fault_hooks.HoldAt: {{step: 3, mark: '{mark}', go: '{go}'}}"))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment(tmp_path, out), start_new_session=True)
+    try:
+        _wait_for(mark, proc)
+        os.killpg(proc.pid, signal.SIGTERM)  # the trainer and every worker, as a scheduler does
+        go.touch()
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and "DataLoader process" not in stderr
+    assert "SIGTERM: saving a checkpoint when this step ends" in stderr
+    assert f"saved {out / 'step_3.pdckpt'}" in stderr
+    assert (out / "latest.txt").read_text().strip() == "step_3.pdckpt"
+    with pytest.raises(ProcessLookupError):  # no worker outlived the trainer
+        os.killpg(proc.pid, 0)
+    resumed = run_cli(tiny_config, out, w, "Global.epochs=2", "Global.checkpoint=auto", hooks_dir=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "final.pdparams").exists()
