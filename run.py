@@ -182,6 +182,16 @@ def _run(cfg, training, run_dir, resumed, summary) -> int:
     except (UserError, DeitUserError) as exc:  # printed here, so that train.log has it too
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SystemError as exc:
+        worker = _dead_worker(exc)
+        if worker is None:
+            raise
+        print(f"error: rank {dist.rank()}: data loader worker (pid {worker[0]}) was killed by signal "
+              f"{worker[1]}{' (the out-of-memory killer sends SIGKILL)' if worker[1] == 'SIGKILL' else ''}; "
+              f"latest.txt in {run_dir.path} names the newest complete checkpoint: resume with "
+              f"-o Global.checkpoint=auto, and lower DataLoader.Train.loader.num_workers or the memory "
+              f"the run uses", file=sys.stderr)
+        return 1
     except RuntimeError as exc:
         if not dist.is_peer_failure(exc):
             raise
@@ -190,6 +200,18 @@ def _run(cfg, training, run_dir, resumed, summary) -> int:
               f"Nothing was saved after the failure: resume with -o Global.checkpoint=auto", file=sys.stderr)
         return 1
     return 0
+
+
+def _dead_worker(exc: BaseException):
+    """(pid, signal name) from Paddle's "DataLoader process (pid N) exited is killed by signal:
+    Killed", raised in the trainer by its SIGCHLD handler when a worker dies on its own; else None."""
+    import re
+    import signal
+    found = re.search(r"DataLoader process \(pid (\d+)\) exited is killed by signal: ?([\w ]+)", str(exc))
+    if found is None:
+        return None
+    names = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
+    return found.group(1), names.get(found.group(2).strip(), found.group(2).strip())
 
 
 def _start(checkpoint, engine, value):

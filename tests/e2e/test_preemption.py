@@ -46,3 +46,42 @@ def test_sigterm_to_the_process_group_saves_at_the_step_end_and_resumes(tiny_con
     resumed = run_cli(tiny_config, out, w, "Global.epochs=2", "Global.checkpoint=auto", hooks_dir=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "final.pdparams").exists()
+
+
+def _children(pid):
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
+def test_a_worker_killed_on_its_own_is_one_line_naming_it(tiny_config, tmp_path):
+    """The out-of-memory killer's SIGKILL to one data worker: one line with the worker, the
+    signal and what to do; exit 1; the last checkpoint stays the one latest.txt names."""
+    write_hooks(tmp_path)
+    out, mark, go = tmp_path / "run", tmp_path / "at_step", tmp_path / "go"
+    args = command(tiny_config, out, "DataLoader.Train.loader.num_workers=2", "Global.save_unit=step",
+                   "Global.save_interval=2", hooks_option(f"fault_hooks.HoldAt: {{step: 3, mark: '{mark}', go: '{go}'}}"))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment(tmp_path, out), start_new_session=True)
+    try:
+        _wait_for(mark, proc)
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            trainer = f.read()
+        workers = [c for c in _children(proc.pid) if open(f"/proc/{c}/cmdline", "rb").read() == trainer]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        go.touch()
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    line = [l for l in stderr.splitlines() if l.startswith("error:")]
+    assert line == [f"error: rank 0: data loader worker (pid {workers[0]}) was killed by signal SIGKILL "
+                    f"(the out-of-memory killer sends SIGKILL); latest.txt in {out} names the newest complete "
+                    f"checkpoint: resume with -o Global.checkpoint=auto, and lower "
+                    f"DataLoader.Train.loader.num_workers or the memory the run uses"]
+    assert (out / "latest.txt").read_text().strip() == "step_2.pdckpt"
