@@ -105,6 +105,15 @@ def all_reduce_sums(values: dict) -> dict:
     return dict(zip(keys, t.numpy().tolist()))
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any (one collective)."""
+    if world_size() == 1:
+        return bool(flag)
+    t = paddle.to_tensor([1 if flag else 0], dtype="int32")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(int(t.item()))
+
+
 def gather_objects(obj) -> list:
     """Every rank's `obj` (picklable plain data), indexed by rank, on every rank."""
     if world_size() == 1:

@@ -60,6 +60,7 @@ class Checkpoint(Hook):
         self.saved = []  # names of the checkpoints this run wrote in run_dir, oldest first
         self._signal = None
         self._previous_handlers = {}
+        self._launcher = None
 
     # ---- resuming -------------------------------------------------------------------------
     def resume(self, engine, checkpoint: Optional[str]) -> Optional[str]:
@@ -135,6 +136,9 @@ class Checkpoint(Hook):
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        # under a launch: a launcher killed with SIGKILL leaves its ranks training headless
+        # (and holding the run's lock); they notice their new parent and stop as on SIGTERM
+        self._launcher = os.getppid() if dist.world_size() > 1 else None
 
     def _on_signal(self, signum, frame):
         if self._signal is not None:
@@ -152,8 +156,18 @@ class Checkpoint(Hook):
             signal.signal(signum, handler)
         self._previous_handlers = {}
 
+    def _check_launcher(self, engine):
+        """At report steps (one small all-reduce there, so that every rank stops at the same step)."""
+        if self._launcher is None or self._signal is not None or engine.state.reports.fresh("train") is None:
+            return
+        if dist.any_rank(os.getppid() != self._launcher):
+            self._signal = signal.SIGTERM
+            print(f"rank {dist.rank()}: the launcher (pid {self._launcher}) is gone: saving a checkpoint "
+                  f"at the end of this step and stopping", file=sys.stderr, flush=True)
+
     def iter_end(self, engine):
         state = engine.state
+        self._check_launcher(engine)
         if self.unit == "step" and state.every(self.interval):
             self.save(engine, f"step_{state.iteration}")
         self._stop_if_signalled(engine, f"step_{state.iteration}")

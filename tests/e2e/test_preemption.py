@@ -85,3 +85,42 @@ def test_a_worker_killed_on_its_own_is_one_line_naming_it(tiny_config, tmp_path)
                     f"checkpoint: resume with -o Global.checkpoint=auto, and lower "
                     f"DataLoader.Train.loader.num_workers or the memory the run uses"]
     assert (out / "latest.txt").read_text().strip() == "step_2.pdckpt"
+
+
+@pytest.mark.slow
+def test_ranks_whose_launcher_was_killed_stop_with_a_checkpoint(tiny_config, tmp_path):
+    """SIGKILL to paddle.distributed.launch: its ranks trained on headless and held the run's
+    lock. They notice their new parent at the next report step, save and stop, together."""
+    import sys
+    from tests.conftest import ROOT
+    write_hooks(tmp_path)
+    out, mark, go = tmp_path / "run", tmp_path / "at_step", tmp_path / "go"
+    args = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--devices", "",
+            "--log_dir", str(tmp_path / "log"), os.path.join(ROOT, "run.py"), "-c", tiny_config,
+            "-o", f"Global.output_dir={out}", "-o", "Global.epochs=3", "-o", "DataLoader.Train.sampler.batch_size=8",
+            "-o", hooks_option(f"fault_hooks.HoldAt: {{step: 3, mark: '{mark}', go: '{go}'}}")]
+    launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=environment(tmp_path, out), start_new_session=True)
+    try:
+        _wait_for(mark, launcher)
+        ranks = _children(launcher.pid)
+        launcher.kill()
+        launcher.wait(timeout=30)
+        go.touch()
+        deadline = time.time() + 180
+        while any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+                  for pid in ranks):
+            assert time.time() < deadline, "the ranks kept running without their launcher"
+            time.sleep(0.1)
+    finally:
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    logs = "".join(p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*")))
+    assert "the launcher (pid" in logs and "is gone: saving a checkpoint" in logs, logs[-3000:]
+    latest = (out / "latest.txt").read_text().strip()
+    assert latest.startswith("step_") and not (out / "final.pdparams").exists()
+    resumed = run_cli(tiny_config, out, "Global.epochs=3", "DataLoader.Train.sampler.batch_size=8",
+                      "Global.checkpoint=auto", hooks_dir=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr  # the lock was released: no "in use by another run"
