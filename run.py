@@ -166,8 +166,15 @@ def _run(cfg, training, run_dir, resumed, summary) -> int:
             if complete:
                 print(f"the run in {run_dir.path} is complete ({state.epoch} of {state.max_epochs} epochs): "
                       f"raise Global.epochs to train longer, or start over in another Global.output_dir")
-    if complete:
-        return 0  # nothing to train: no empty "done" summary, no file rewritten
+    if complete:  # nothing to train: no empty "done" summary, no file rewritten...
+        if dist.is_main() and not os.path.isfile(run_dir.file("final.pdparams")):
+            try:  # ...but a run stopped between its last checkpoint and final.pdparams gets it now
+                training.checkpoint.completed(engine)
+            except (UserError, DeitUserError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"wrote {run_dir.file('final.pdparams')}, which the run had not written before it stopped")
+        return 0
     try:
         if dist.is_main():
             atomic_write_text(run_dir.file("config.yaml"), yaml.safe_dump(cfg, sort_keys=False))

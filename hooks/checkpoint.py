@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import Callable, Optional, Sequence
 
+import yaml
+
 from engine import Hook, Priority, dist
 from engine.config import differences
 from engine.errors import CheckpointError, WriteFailed
@@ -67,7 +69,7 @@ class Checkpoint(Hook):
         """Load everything from the checkpoint that Global.checkpoint (None, "auto" or a path)
         designates in this run directory; returns its path, or None for a fresh start. Config
         changes since the checkpoint are put as "resume" in `engine.state.reports`."""
-        path = self.run_dir.starting_point(checkpoint)
+        path = self.run_dir.starting_point(checkpoint, same_run=self._same_config_as_here)
         if path is None:
             return None
         try:
@@ -89,6 +91,19 @@ class Checkpoint(Hook):
                 "changes": {k: [old, new] for k, old, new in changes}, "world_size": worlds})
         return path
 
+    def _same_config_as_here(self) -> bool:
+        """The run directory's config.yaml is this run's: none of the `fixed` keys (the model,
+        the data, the seed) differ, the changes a resume would accept too."""
+        try:
+            with open(self.run_dir.file("config.yaml"), encoding="utf-8") as f:
+                here = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            return False
+        return isinstance(here, dict) and not self._fixed_changes(differences(here, self.config))
+
+    def _fixed_changes(self, changes):
+        return [c for c in changes if any(c[0] == f or c[0].startswith(f + ".") for f in self.fixed)]
+
     def _check_facts(self, ckpt, path):
         saved = ckpt.get("facts", {})
         wrong = [f"{k}: {saved[k]} then, {v} now" for k, v in self.facts.items() if k in saved and saved[k] != v]
@@ -99,7 +114,7 @@ class Checkpoint(Hook):
 
     def _check_drift(self, ckpt, path, engine):
         changes = [c for c in differences(ckpt["config"], self.config) if c[0] != "Global.checkpoint"]
-        refused = [c for c in changes if any(c[0] == f or c[0].startswith(f + ".") for f in self.fixed)]
+        refused = self._fixed_changes(changes)
         if refused:
             raise CheckpointError(
                 f"Global.checkpoint: {path} cannot continue with these changes, which make its "

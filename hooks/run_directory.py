@@ -117,9 +117,11 @@ class RunDirectory:
         return os.path.isdir(self.path) and os.path.samefile(folder, self.path)
 
     # ---- choosing where to start ------------------------------------------------------------
-    def starting_point(self, checkpoint: Optional[str]) -> Optional[str]:
+    def starting_point(self, checkpoint: Optional[str], same_run=lambda: False) -> Optional[str]:
         """The checkpoint to resume from (None: from the beginning), or a refusal that keeps
-        an earlier run's files safe. `checkpoint`: Global.checkpoint (None, "auto" or a path)."""
+        an earlier run's files safe. `checkpoint`: Global.checkpoint (None, "auto" or a path).
+        `same_run()`: whether the config.yaml here is this run's own (the same config), so that
+        `auto` in a directory whose run wrote files but no checkpoint yet starts it over."""
         ways_out = ("continue it with -o Global.checkpoint=auto, or start over in another "
                     "-o Global.output_dir=...")
         if not checkpoint:
@@ -133,6 +135,10 @@ class RunDirectory:
             if latest:
                 return self.file(latest)
             weights = [n for n in WEIGHTS if os.path.isfile(self.file(n))] + self.checkpoints()
+            if weights and not self.checkpoints() and same_run():
+                print(f"Global.checkpoint=auto: the run in {self.path} wrote {_listing(weights)} but no "
+                      f"checkpoint yet (it stopped before its first): starting it from the beginning")
+                return None
             if weights:
                 raise RunDirectoryError(f"Global.checkpoint=auto: {self.path} has no latest.txt but "
                                         f"holds {_listing(weights)} of an earlier run"
