@@ -144,7 +144,6 @@ def _run(cfg, training, run_dir, resumed, summary) -> int:
     from engine import dist
     from deit.errors import UserError as DeitUserError
     from engine.errors import UserError
-    from engine.files import atomic_write_text
     from deit.build import describe_world_change
     from hooks.checkpoint import Interrupted
     engine, state = training.engine, training.engine.state
@@ -177,7 +176,7 @@ def _run(cfg, training, run_dir, resumed, summary) -> int:
         return 0
     try:
         if dist.is_main():
-            atomic_write_text(run_dir.file("config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
+            run_dir.write_config(yaml.safe_dump(cfg, sort_keys=False))
         engine.run()
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)

@@ -21,6 +21,7 @@ CHECKPOINT = re.compile(r"^(epoch|step)_[0-9]+\.pdckpt$")
 OUTPUTS = ("latest.txt", "final.pdparams", "best.pdparams", "metrics.jsonl")
 WEIGHTS = ("final.pdparams", "best.pdparams")
 LOGS = ("metrics.jsonl", "config.yaml")
+CONFIG_MARK = "# the resolved config of the run in this directory, written by run.py at each start\n"
 
 
 class RunDirectory:
@@ -124,6 +125,7 @@ class RunDirectory:
         `auto` in a directory whose run wrote files but no checkpoint yet starts it over."""
         ways_out = ("continue it with -o Global.checkpoint=auto, or start over in another "
                     "-o Global.output_dir=...")
+        self._refuse_a_foreign_config()
         if not checkpoint:
             found = self.previous_run()
             if found:
@@ -154,6 +156,22 @@ class RunDirectory:
                     f"Global.checkpoint comes from {os.path.dirname(os.path.abspath(checkpoint))}: "
                     f"resuming here would mix two runs; choose an empty -o Global.output_dir=...")
         return checkpoint
+
+    def _refuse_a_foreign_config(self) -> None:
+        """config.yaml here is rewritten at every start with the resolved config: one that this
+        program did not write (no mark, and no run's files beside it) is the user's own."""
+        path = self.file("config.yaml")
+        if not os.path.isfile(path) or self.previous_run():
+            return
+        with open(path, "rb") as f:
+            if f.read(len(CONFIG_MARK)) == CONFIG_MARK.encode():
+                return
+        raise RunDirectoryError(f"Global.output_dir {self.path} holds a config.yaml that no run wrote "
+                                f"(yours?); each run writes its resolved config there: move yours, or "
+                                f"choose another -o Global.output_dir=...")
+
+    def write_config(self, text: str) -> None:
+        atomic_write_text(self.file("config.yaml"), CONFIG_MARK + text)
 
     # ---- train.log ----------------------------------------------------------------------
     @contextlib.contextmanager

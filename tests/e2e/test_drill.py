@@ -55,3 +55,18 @@ def test_a_kill_after_the_first_best_weights_before_any_checkpoint_can_be_contin
     refused = run_cli(tiny_config, other, *common, "Global.checkpoint=auto", "Global.seed=7",
                       hooks_dir=tmp_path)
     assert refused.returncode == 2 and "has no latest.txt but holds best.pdparams" in refused.stderr
+
+
+def test_a_users_own_config_yaml_in_the_output_dir_is_never_replaced(tiny_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text("# my notes\nGlobal: {epochs: 300}\n")
+    assert run.main(["-c", tiny_config, "-o", f"Global.output_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert f"Global.output_dir {out} holds a config.yaml that no run wrote (yours?)" in err
+    assert (out / "config.yaml").read_text() == "# my notes\nGlobal: {epochs: 300}\n"
+    assert set(os.listdir(out)) <= {"config.yaml", "run.lock"}  # nothing of a run written
+    # the run's own config.yaml, and resuming with it as the config, are fine
+    assert run.main(["-c", tiny_config, "-o", f"Global.output_dir={tmp_path / 'run'}", "-o", "Global.epochs=1"]) == 0
+    written = str(tmp_path / "run" / "config.yaml")
+    assert run.main(["-c", written, "-o", "Global.epochs=2", "-o", "Global.checkpoint=auto"]) == 0
