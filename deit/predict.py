@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from .data.datasets import IMG_EXTENSIONS, UNREADABLE
+from .data.decode import to_rgb
 from .errors import DataError, SetupError, paddle_message
 
 
@@ -192,7 +193,7 @@ def predict(files: List[str], transform, model, batch_size: int, k: int,
         for path in chunk:
             try:
                 with Image.open(path) as im:
-                    arrays.append(transform(im.convert("RGB"), rng))
+                    arrays.append(transform(to_rgb(im), rng))
             except UNREADABLE as exc:
                 failed[path] = f"unreadable image: {exc}"
         good = [p for p in chunk if p not in failed]

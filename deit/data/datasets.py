@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from .decode import to_rgb
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
 # what Pillow raises for a file it will not decode: truncated or foreign data (OSError,
@@ -54,7 +55,7 @@ class ImageDataset:
             path, label = self.samples[index]
             try:
                 with Image.open(path) as im:
-                    img = im.convert("RGB")
+                    img = to_rgb(im)
             except UNREADABLE as exc:
                 index = self._replace_bad(path, exc, rng)
                 continue

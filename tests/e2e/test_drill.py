@@ -70,3 +70,22 @@ def test_a_users_own_config_yaml_in_the_output_dir_is_never_replaced(tiny_config
     assert run.main(["-c", tiny_config, "-o", f"Global.output_dir={tmp_path / 'run'}", "-o", "Global.epochs=1"]) == 0
     written = str(tmp_path / "run" / "config.yaml")
     assert run.main(["-c", written, "-o", "Global.epochs=2", "-o", "Global.checkpoint=auto"]) == 0
+
+
+def test_16_bit_grayscale_pngs_are_scaled_not_clipped_to_white(tmp_path, capsys):
+    """Pillow's convert("RGB") clips mode I;16 at 255: a 16-bit PNG trained as solid white."""
+    from PIL import Image
+    from deit.data.datasets import ImageNetDataset
+    values = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0..65472
+    Image.fromarray(values).save(tmp_path / "gray16.png")
+    Image.fromarray(values.astype(np.float32), "F").save(tmp_path / "float.tif")
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "list.txt").write_text("gray16.png 0\nfloat.tif 1\nok.png 1\n")
+    data = ImageNetDataset(str(tmp_path), str(tmp_path / "list.txt"), max_bad_fraction=1.0)
+    assert Image.open(tmp_path / "gray16.png").mode == "I;16"
+    img, _ = data[0]
+    expected = np.round(values / 257.0).astype(np.uint8)
+    assert np.array_equal(np.asarray(img), np.stack([expected] * 3, axis=-1))
+    assert np.asarray(Image.open(tmp_path / "gray16.png").convert("RGB")).mean() > 250  # the clipping
+    data[1]  # refused by name, replaced like any unreadable file
+    assert "float.tif: mode F image (32-bit float pixels, no known range): convert it to 8-bit RGB" in capsys.readouterr().out
