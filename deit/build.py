@@ -55,7 +55,7 @@ from .loss import LOSSES
 from .model import FACTORIES, VisionTransformer
 from .optim import build_adamw
 from .export import export_inference
-from .predict import EagerModel, InferenceLayer, InferenceModel, list_images, read_class_names
+from .predict import EagerModel, InferenceLayer, InferenceModel, check_save_path, list_images, read_class_names
 from .evaluate import Evaluation
 from .cast_on_cpu import cast_like_gpu
 from .precision import DynamicLossScaler, Precision, decorate_o2, fp32_weights, full_precision_weights
@@ -347,6 +347,8 @@ def build_predictor(cfg):
     if not infer["infer_imgs"]:
         raise SetupError("--predict needs images: set -o Infer.infer_imgs=PATH (an image, a folder of "
                          "images, or a .txt list of them)")
+    if infer["save_path"]:
+        check_save_path(infer["save_path"])
     files = list_images(infer["infer_imgs"])
     names = read_class_names(infer["PostProcess"]["class_id_map_file"], m["class_num"])
     ops, key = infer["transforms"], "Infer.transforms"

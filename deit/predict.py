@@ -200,3 +200,36 @@ def predict(files: List[str], transform, model, batch_size: int, k: int,
         records = iter(topk_records(model(np.stack(arrays)), good, k, names) if good else [])
         for path in chunk:
             yield {"file_name": path, "error": failed[path]} if path in failed else next(records)
+
+
+OWNED_EXTENSIONS = (".pdparams", ".pdckpt", ".pdiparams", ".pdmodel", ".pdopt", ".yaml", ".yml", ".png", ".jpg",
+                    ".jpeg", ".lock")
+
+
+def check_save_path(path: str) -> None:
+    """Infer.save_path may only name a new file or earlier predictions: never weights, a
+    checkpoint, a config, an image or anything else a run owns (one overwrote final.pdparams)."""
+    name = os.path.basename(path)
+    if os.path.isdir(path):
+        raise SetupError(f"Infer.save_path {path} is a directory: name a file, e.g. {os.path.join(path, 'predictions.jsonl')}")
+    owned = name.lower().endswith(OWNED_EXTENSIONS) or name in ("latest.txt", "train.log", "metrics.jsonl") \
+        or name.startswith("inference.")
+    if owned:
+        raise SetupError(f"Infer.save_path {path}: that name belongs to weights, checkpoints, configs, images or "
+                         f"a run's own files, which predictions never overwrite: use e.g. predictions.jsonl")
+    if os.path.exists(path) and not _holds_predictions(path):
+        raise SetupError(f"Infer.save_path {path} exists and does not hold earlier predictions: "
+                         f"choose a new file")
+
+
+def _holds_predictions(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(65536)
+        if not first.strip():
+            return os.path.getsize(path) == 0
+        import json
+        record = json.loads(first)
+        return isinstance(record, dict) and "file_name" in record
+    except (OSError, ValueError):
+        return False

@@ -198,3 +198,24 @@ def test_paddle_inference_on_a_gpu_uses_the_device_a_launch_gave_this_rank(monke
     assert gpu_id() == 3
     monkeypatch.setenv("FLAGS_selected_gpus", "5,6")
     assert gpu_id() == 5
+
+
+@pytest.mark.parametrize("target", ["final.pdparams", "epoch_3.pdckpt", "config.yaml", "latest.txt",
+                                    "inference.pdiparams", "metrics.jsonl", "an_image"])
+def test_predictions_never_overwrite_weights_checkpoints_or_run_files(trained, tiny_dataset, tmp_path, capsys, target):
+    """-o Infer.save_path=OUT/final.pdparams replaced the trained weights with a JSON line."""
+    config, out = trained
+    image = os.path.join(tiny_dataset, "val", sorted(os.listdir(os.path.join(tiny_dataset, "val")))[0])
+    path = image if target == "an_image" else os.path.join(out, target)
+    before = open(path, "rb").read() if os.path.exists(path) else None
+    capsys.readouterr()
+    assert run.main(["-c", config, "--predict", "-o", f"Infer.infer_imgs={image}", "-o",
+                     f"Global.pretrained_model={out}/final", "-o", f"Infer.save_path={path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Infer.save_path {path}") and len(err.strip().splitlines()) == 1
+    assert (open(path, "rb").read() if os.path.exists(path) else None) == before
+    # earlier predictions may be replaced
+    saved = tmp_path / "p.jsonl"
+    for _ in range(2):
+        assert run.main(["-c", config, "--predict", "-o", f"Infer.infer_imgs={image}", "-o",
+                         f"Global.pretrained_model={out}/final", "-o", f"Infer.save_path={saved}"]) == 0
