@@ -28,10 +28,14 @@ def _early_setting(config_path, overrides, key: str, default):
     given = [a.split("=", 1)[1] for a in overrides if a.startswith(f"Global.{key}=")]
     if given:
         return given[-1].strip()
-    try:
+    try:  # not engine.config: importing the engine imports Paddle, which must come after this
         import yaml
-        with open(config_path, encoding="utf-8") as f:
-            return str(((yaml.safe_load(f) or {}).get("Global") or {}).get(key, default)).strip()
+        with open(config_path, "rb") as f:
+            text = f.read((1 << 20) + 1)
+        if len(text) > 1 << 20:
+            return str(default)  # load_config refuses it with the reason
+        cfg = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # aliases stay shared
+        return str(((cfg or {}).get("Global") or {}).get(key, default)).strip()
     except Exception:  # noqa: BLE001 - load_config gives the real message
         return str(default)
 

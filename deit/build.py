@@ -304,7 +304,7 @@ def load_pretrained(model, prefix: str) -> None:
     training checkpoint (`.pdckpt`), whose model weights start a new run. A different class
     count drops the head; a different image size resamples pos_embed."""
     path = prefix if prefix.endswith((".pdparams", ".pdckpt")) else prefix + ".pdparams"
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CheckpointError(f"Global.pretrained_model: {path} does not exist")
     state = load_restricted(path, "Global.pretrained_model")
     if isinstance(state, dict) and state.get("format") is not None and isinstance(state.get("model"), dict):
@@ -330,7 +330,7 @@ def load_trained_weights(cfg, model, mode: str) -> str:
         run_dir = RunDirectory(cfg["Global"]["output_dir"])
         latest = run_dir.latest()
         ckpt = run_dir.file(latest) if latest else None
-    elif ckpt and not os.path.isfile(ckpt):
+    elif ckpt and not os.path.exists(ckpt):
         raise CheckpointError(f"Global.checkpoint: {ckpt} does not exist")
     if not ckpt:
         raise SetupError(f"{mode} needs weights: set -o Global.pretrained_model=PATH_PREFIX (a .pdparams "

@@ -122,7 +122,7 @@ SCHEMA = {
         "betas": ("float2", [0.9, 0.999], "[0,1)"),
         "eps": ("float", 1e-8, ">0"),
         "weight_decay": ("float", 0.05, ">=0"),
-        "no_weight_decay_name": ("list", []),
+        "no_weight_decay_name": ("strs", []),
         "use_master_param": ("bool", False),
         "exp_avg_force_fp32": ("bool", False),
         "grad_clip": ("float", 0.0, ">=0"),             # ours: global-norm clip (0 = off)

@@ -4,7 +4,7 @@ A schema is plain data: a dict whose leaves are `(kind, default)` pairs, or `(ki
 bound)` with a bound on numbers (each number of a list): ">=1", ">0", "[0,1)", "(0,1]"...
 Kinds: "int", "float", "bool", "str", "str?" (string or null), "float2" (a pair such as
 "(0.9, 0.999)"), "floats" / "ints" (lists of numbers), "size" (an int or [h, w]; "size?" may be
-null), "list" ("list?" may be null), "any", or a tuple of allowed strings. A dict of the form `{"*": ...}` accepts
+null), "list" ("list?" may be null), "strs" (a list of strings), "any", or a tuple of allowed strings. A dict of the form `{"*": ...}` accepts
 any key. A section given as the string "ops" is a list of one-key dicts (`- CELoss: {weight:
 1.0}`) whose names and arguments the code that builds them checks; `{"*ops": {name: schema}}`
 is such a list whose names must be keys of the mapping and whose arguments are checked here
@@ -26,13 +26,73 @@ class ConfigError(UserError):
     """A problem the user fixes in the config file or on the command line."""
 
 
+# A config is a few hundred values; these bounds stop a crafted one (a YAML alias "billion
+# laughs" of 600 bytes expanded to gigabytes, a nesting that overflows the stack) at the door.
+MAX_BYTES = 1 << 20  # of a config file or an -o value: PLSC's configs are about 3 KB
+MAX_VALUES = 1_000_000
+MAX_DEPTH = 64
+MAX_QUOTED = 120  # characters of a value quoted in a message
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a 6 MB config in seconds, not minutes
+
+
+def _quoted(value) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + f"... ({len(text)} characters)"
+
+
+def read_yaml(text, where: str):
+    """Safe YAML with bounds: at most MAX_VALUES values once aliases are expanded, MAX_DEPTH
+    levels, and no key twice in one mapping (the last would win silently; usually a typo)."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{where}: {len(text):,} characters; a config is a few kilobytes (at most {MAX_BYTES:,})")
+    loader = _LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root, where: str) -> None:
+    sizes = {}
+
+    def size(node, depth):
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep (line {node.start_mark.line + 1})")
+        if id(node) in sizes:  # an alias: counted again, computed once
+            return sizes[id(node)]
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        raise ConfigError(f"{where}:{key.start_mark.line + 1}: key {_quoted(key.value)} appears "
+                                          f"twice in one mapping (first at line {seen[key.value]}); remove one")
+                    seen[key.value] = key.start_mark.line + 1
+                total += size(key, depth + 1) + size(value, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                total += size(item, depth + 1)
+        if total > MAX_VALUES:
+            raise ConfigError(f"{where}: expands to more than {MAX_VALUES:,} values (YAML aliases repeated "
+                              f"inside each other?); a config holds a few hundred")
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
 def load_config(path: str, overrides: Iterable[str] = (), schema: Optional[dict] = None) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path} (bundled configs, usable by name: "
                           f"demo.yaml, plsc/DeiT_base_patch16_224_in1k_1n8c_dp_fp32.yaml, ...)")
     try:
         with open(path, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f)
+            cfg = read_yaml(f.read(), path)
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a YAML config (not UTF-8 text)") from None
     except yaml.YAMLError as exc:
@@ -51,12 +111,12 @@ def apply_override(cfg: dict, item: str, schema: Optional[dict] = None) -> None:
     """Set `A.b.c=value` in `cfg`; list elements are addressed by index (`ops.1.size=32`)."""
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {item!r} must look like Section.key=value")
+        raise ConfigError(f"override {_quoted(item)} must look like Section.key=value")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = read_yaml(text, f"override {_quoted(item)}") if text.strip() else None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); "
+        raise ConfigError(f"override {_quoted(item)}: the value is not valid YAML ({problem}); "
                           f"quote it to pass a string: -o '{key}=\"...\"'") from None
     parts = key.split(".")
     node, node_schema = cfg, schema
@@ -65,7 +125,7 @@ def apply_override(cfg: dict, item: str, schema: Optional[dict] = None) -> None:
         last = depth == len(parts) - 1
         in_op_list = isinstance(node_schema, dict) and "*ops" in node_schema
         if isinstance(node_schema, dict) and not in_op_list and "*" not in node_schema and part not in node_schema:
-            raise ConfigError(f"unknown key {path!r} in override {item!r}{_suggest(part, node_schema)}")
+            raise ConfigError(f"unknown key {path!r} in override {_quoted(item)}{_suggest(part, node_schema)}")
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"{path!r}: {parts[depth - 1]} has {len(node)} entries; "
@@ -127,14 +187,14 @@ def _validate_ops(cfg, where, path, op_schemas: Optional[dict] = None) -> List[d
         if isinstance(entry, str):
             entry = {entry: {}}
         if not isinstance(entry, dict) or len(entry) != 1:
-            raise ConfigError(f"{where}: {_join(path, i)} must be one `Name: {{kwargs}}` mapping, got {entry!r}")
+            raise ConfigError(f"{where}: {_join(path, i)} must be one `Name: {{kwargs}}` mapping, got {_quoted(entry)}")
         (name, kwargs), = entry.items()
         if kwargs is not None and not isinstance(kwargs, dict):
-            raise ConfigError(f"{where}: {_join(path, i)}.{name}: arguments must be a mapping, got {kwargs!r}")
+            raise ConfigError(f"{where}: {_join(path, i)}.{name}: arguments must be a mapping, got {_quoted(kwargs)}")
         kwargs = dict(kwargs or {})
         if op_schemas is not None:
             if name not in op_schemas:
-                raise ConfigError(f"{where}: {_join(path, i)}: unknown op {name!r}{_suggest(str(name), op_schemas)}; "
+                raise ConfigError(f"{where}: {_join(path, i)}: unknown op {_quoted(name)}{_suggest(str(name), op_schemas)}; "
                                   f"known: {', '.join(sorted(op_schemas))}")
             kwargs = _validate_given(kwargs, op_schemas[name], where, _join(_join(path, i), name))
         out.append({name: kwargs})
@@ -171,6 +231,10 @@ def _coerce(value, kind, label):
             if len(pair) != 2:
                 raise ValueError
             return [_as_float(v) for v in pair]
+        if kind == "strs":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return value
         if kind in ("list", "list?"):
             if value is None and kind == "list?":
                 return None
@@ -195,16 +259,16 @@ def _coerce(value, kind, label):
             if value is True and "on" in kind:  # and a bare `on` as true
                 return "on"
             if value not in kind:
-                raise ConfigError(f"{label} must be one of {', '.join(map(str, kind))}; got {value!r}"
+                raise ConfigError(f"{label} must be one of {', '.join(map(str, kind))}; got {_quoted(value)}"
                                   f"{_suggest(str(value), kind)}")
             return value
     except (ValueError, TypeError, SyntaxError, ZeroDivisionError, OverflowError):
         wanted = {"int": "an integer", "float": "a finite number", "bool": "true or false",
                   "str": "a string", "str?": "a string or null", "float2": "a pair like (0.9, 0.999)",
-                  "list": "a list", "list?": "a list or null", "floats": "a list of numbers", "ints": "a list of integers",
+                  "list": "a list", "list?": "a list or null", "strs": "a list of strings", "floats": "a list of numbers", "ints": "a list of integers",
                   "size": "an integer or [height, width]",
                   "size?": "an integer, [height, width] or null"}[kind]
-        raise ConfigError(f"{label} must be {wanted}, got {value!r}") from None
+        raise ConfigError(f"{label} must be {wanted}, got {_quoted(value)}") from None
     raise TypeError(f"unknown schema kind {kind!r}")
 
 
@@ -241,7 +305,7 @@ def _check_bound(value, bound: str, label: str) -> None:
             continue
         if number < low or (low_open and number == low) or \
                 (high is not None and (number > high or (high_open and number == high))):
-            raise ConfigError(f"{label} must be {text}, got {value!r}")
+            raise ConfigError(f"{label} must be {text}, got {_quoted(value)}")
 
 
 def _shown(x: float):

@@ -6,6 +6,7 @@ file, and Paddle's own `.pdparams` (PLSC's included), through an unpickler that 
 arrays, dtypes and plain containers, as `torch.load(weights_only=True)` does: a crafted file
 that names any other callable is refused before anything runs.
 """
+import os
 import pickle
 
 import numpy as np
@@ -66,9 +67,18 @@ def dump(obj, path: str) -> None:
     atomic_write(path, lambda f: pickle.dump(plain, f, protocol=4), nbytes(plain))
 
 
+def require_regular_file(path: str, what: str) -> None:
+    if os.path.isdir(path):
+        raise CheckpointError(f"{what}: {path} is a directory, not a weights or checkpoint file")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise CheckpointError(f"{what}: {path} is not a regular file (a FIFO or device?): it is not read")
+
+
 def load_restricted(path: str, what: str):
     """The object in `path` with tensors as numpy arrays, or CheckpointError naming `what`
-    (e.g. "Global.checkpoint") when it is unreadable or asks for anything but data."""
+    (e.g. "Global.checkpoint") when it is unreadable or asks for anything but data. Only a
+    regular file is opened: a FIFO would block the run forever, a directory says so."""
+    require_regular_file(path, what)
     try:
         with open(path, "rb") as f:
             obj = _RestrictedUnpickler(f, encoding="latin1").load()

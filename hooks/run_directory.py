@@ -16,6 +16,7 @@ from typing import List, Optional
 
 from engine.errors import CheckpointError, RunDirectoryError
 from engine.files import TMP_MARK, DirectoryLock, atomic_write_text
+from engine.serialization import require_regular_file
 
 CHECKPOINT = re.compile(r"^(epoch|step)_[0-9]+\.pdckpt$")
 OUTPUTS = ("latest.txt", "final.pdparams", "best.pdparams", "metrics.jsonl")
@@ -89,9 +90,12 @@ class RunDirectory:
     def latest(self) -> Optional[str]:
         """The checkpoint named by latest.txt (None if there is no latest.txt)."""
         path = self.file("latest.txt")
+        if os.path.lexists(path) and not os.path.isfile(path):  # a FIFO would block the resume forever
+            raise CheckpointError(f"Global.checkpoint=auto: {path} is not a regular file; remove it"
+                                  f"{self.newest_hint()}")
         try:
             with open(path, encoding="utf-8") as f:
-                name = f.read().strip()
+                name = f.read(4096).strip()
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as exc:
@@ -146,8 +150,9 @@ class RunDirectory:
                                         f"holds {_listing(weights)} of an earlier run"
                                         f"{self.newest_hint()}")
             return None  # no checkpoint yet: the run starts again from its beginning
-        if not os.path.isfile(checkpoint):
+        if not os.path.exists(checkpoint):
             raise CheckpointError(f"Global.checkpoint: {checkpoint} does not exist")
+        require_regular_file(checkpoint, "Global.checkpoint")
         if not self.owns(checkpoint):
             found = self.previous_run()
             if found:

@@ -89,3 +89,47 @@ def test_16_bit_grayscale_pngs_are_scaled_not_clipped_to_white(tmp_path, capsys)
     assert np.asarray(Image.open(tmp_path / "gray16.png").convert("RGB")).mean() > 250  # the clipping
     data[1]  # refused by name, replaced like any unreadable file
     assert "float.tif: mode F image (32-bit float pixels, no known range): convert it to 8-bit RGB" in capsys.readouterr().out
+
+
+def test_a_fifo_for_latest_txt_or_a_directory_for_weights_is_one_line_not_a_hang(tiny_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run.main(["-c", tiny_config, "-o", "Global.epochs=1"]) == 0
+    (out / "latest.txt").unlink()
+    os.mkfifo(out / "latest.txt")  # reading it would block forever
+    assert run.main(["-c", tiny_config, "-o", "Global.checkpoint=auto"]) == 2
+    assert f"{out / 'latest.txt'} is not a regular file; remove it" in capsys.readouterr().err
+    (tmp_path / "x.pdparams").mkdir()
+    assert run.main(["-c", tiny_config, "--eval", "-o", f"Global.pretrained_model={tmp_path / 'x'}"]) == 2
+    assert f"{tmp_path / 'x.pdparams'} is a directory, not a weights or checkpoint file" in capsys.readouterr().err
+    os.mkfifo(tmp_path / "pipe.pdckpt")
+    assert run.main(["-c", tiny_config, "--eval", "-o", f"Global.checkpoint={tmp_path / 'pipe.pdckpt'}"]) == 2
+    assert "is not a regular file (a FIFO or device?)" in capsys.readouterr().err
+
+
+CRAFTED_CONFIGS = {  # name: (file text or -o value, what the one line says)
+    "alias bomb": ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join(['*' + a] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi")),
+        "expands to more than 1,000,000 values"),
+    "duplicate key": ("Global:\n  epochs: 3\n  epochs: 5\n", ":3: key 'epochs' appears twice in one mapping (first at line 2)"),
+    "deep nesting": ("Global: " + "{a: " * 80 + "1" + "}" * 80 + "\n", "nested more than 64 levels deep"),
+    "6 MB": ("Global:\n  x: [" + ",".join(["1"] * 3_000_000) + "]\n", "6,000,015 characters; a config is a few kilobytes"),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED_CONFIGS))
+def test_crafted_configs_are_refused_in_one_short_line(case, tmp_path, capsys):
+    text, said = CRAFTED_CONFIGS[case]
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert run.main(["-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err) < 400 and err.count("\n") == 1, err[:500]
+
+
+def test_a_crafted_override_is_refused_and_quoted_briefly(tiny_config, capsys):
+    bomb = CRAFTED_CONFIGS["alias bomb"][0].strip().replace("\n", ", ")
+    assert run.main(["-c", tiny_config, "-o", "Global.x={" + bomb + "}"]) == 2
+    err = capsys.readouterr().err
+    assert "expands to more than 1,000,000 values" in err and len(err) < 600
+    assert run.main(["-c", tiny_config, "-o", "Optimizer.no_weight_decay_name=[[norm]]"]) == 2
+    assert "Optimizer.no_weight_decay_name must be a list of strings, got [['norm']]" in capsys.readouterr().err
