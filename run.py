@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import io
 import os
+import signal
 import sys
 import warnings
 
@@ -59,8 +60,17 @@ def _import_paddle_quietly(cpu_tuned: bool) -> None:
     run keeps it: there the user's OMP_NUM_THREADS is theirs to hear about."""
     warnings.filterwarnings("ignore", message="No ccache found")
     quiet = contextlib.redirect_stderr(io.StringIO()) if cpu_tuned else contextlib.nullcontext()
-    with quiet:
-        import paddle  # noqa: F401
+    # Paddle turns any exception inside its import, a Ctrl-C's KeyboardInterrupt too, into
+    # ImportError("initialization failed"): hold a Ctrl-C until the import is over
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        with quiet:
+            import paddle  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _prog() -> str:
@@ -88,6 +98,14 @@ def parse_args(argv):
 
 
 def main(argv=None, force_eval: bool = False) -> int:
+    try:
+        return _main(argv, force_eval)
+    except KeyboardInterrupt:  # before training (which handles its own): nothing to save yet
+        print("stopped by Ctrl-C before training started", file=sys.stderr)
+        return 130
+
+
+def _main(argv, force_eval: bool) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["plot"]:
         return _plot(argv[1:])

@@ -133,3 +133,29 @@ def test_a_crafted_override_is_refused_and_quoted_briefly(tiny_config, capsys):
     assert "expands to more than 1,000,000 values" in err and len(err) < 600
     assert run.main(["-c", tiny_config, "-o", "Optimizer.no_weight_decay_name=[[norm]]"]) == 2
     assert "Optimizer.no_weight_decay_name must be a list of strings, got [['norm']]" in capsys.readouterr().err
+
+
+SIGINT_AT = {  # where a Ctrl-C lands in the first seconds: code run inside run.py's process
+    "before Paddle loads": "run._set_threads = lambda *a, _f=run._set_threads: (os.kill(os.getpid(), signal.SIGINT), _f(*a))[1]",
+    "inside Paddle's import": (
+        "class Finder:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'paddle.base': os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Finder())"),
+}
+
+
+@pytest.mark.parametrize("where", list(SIGINT_AT))
+def test_ctrl_c_in_the_first_seconds_is_one_line(tiny_config, tmp_path, where):
+    """It said "PaddlePaddle cannot be imported (initialization failed)", or printed a
+    KeyboardInterrupt traceback."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    code = (f"import os, signal, sys\nsys.path.insert(0, {ROOT!r})\nimport run\n{SIGINT_AT[where]}\n"
+            f"sys.exit(run.main(['-c', {tiny_config!r}, '-o', 'Global.output_dir={tmp_path / 'out'}']))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "stopped by Ctrl-C before training started"
+    assert "Traceback" not in result.stderr and "cannot be imported" not in result.stderr
+    assert not (tmp_path / "out").exists()
