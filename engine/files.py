@@ -62,7 +62,9 @@ def write_failed(path: str, exc: OSError, needed: int = 0) -> WriteFailed:
             space = f" (needs about {megabytes(needed)}, {megabytes(free)} free there)" if needed else f" ({megabytes(free)} free there)"
         except OSError:
             pass
-    return WriteFailed(f"cannot write {path}: {reason}{space}")
+    failed = WriteFailed(f"cannot write {path}: {reason}{space}")
+    failed.errno = exc.errno
+    return failed
 
 
 def megabytes(n: int) -> str:

@@ -6,6 +6,7 @@ through a loader that never runs code (engine/serialization.py). SIGTERM/SIGINT 
 Ctrl-C) save a checkpoint at the end of the current step, or of the current epoch's end work,
 and stop the run with `Interrupted`; a second Ctrl-C stops at once without saving.
 """
+import errno
 import os
 import shutil
 import signal
@@ -236,8 +237,10 @@ class Checkpoint(Hook):
             dump(obj, self.run_dir.file(name))
         except WriteFailed as exc:
             previous = [n for n in self.saved if n != name and os.path.isfile(self.run_dir.file(n))]
-            after = (f"latest.txt still names {previous[-1]}: make room, then resume with "
-                     f"-o Global.checkpoint=auto" if previous else "no complete checkpoint was written yet")
+            full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            fix = "make room" if full else f"make {self.run_dir.path} writable"
+            after = (f"latest.txt still names {previous[-1]}: {fix}, then resume with "
+                     f"-o Global.checkpoint=auto" if previous else f"no complete checkpoint was written yet: {fix}")
             raise WriteFailed(f"{exc}; {after}") from None
 
     def state_dict(self):

@@ -206,3 +206,26 @@ def test_train_meter_times_a_window_after_the_read_that_waits_for_its_steps():
     assert record["loss"] == pytest.approx(1.0)
     assert record["step_time"] >= 4 * 0.05 / 4  # the 0.2 s read, spread over the window's 4 steps
     assert record["img_per_s"] <= 32 / 0.2
+
+
+@pytest.mark.parametrize("code, fix", [(28, "make room"), (13, "writable"), (30, "writable")])  # ENOSPC, EACCES, EROFS
+def test_a_checkpoint_that_cannot_be_written_says_what_to_fix(tmp_path, monkeypatch, code, fix):
+    """A read-only output directory said "make room"; the advice follows the error."""
+    import hooks.checkpoint as checkpoint_module
+    from engine.errors import WriteFailed
+    from engine.files import write_failed
+    engine, checkpoint, run_dir, model = _checkpointed(tmp_path, epochs=3)
+    real = checkpoint_module.dump
+
+    def dump(obj, path):
+        if path.endswith("epoch_2.pdckpt"):
+            raise write_failed(path, OSError(code, os.strerror(code)))
+        return real(obj, path)
+
+    monkeypatch.setattr(checkpoint_module, "dump", dump)
+    with run_dir, pytest.raises(WriteFailed) as raised:
+        engine.run()
+    message = str(raised.value)
+    assert os.strerror(code) in message and "latest.txt still names epoch_1.pdckpt" in message
+    assert (fix == "make room") == ("make room" in message)
+    assert (fix == "writable") == (f"make {tmp_path} writable" in message)
