@@ -23,7 +23,7 @@ import numpy as np
 import paddle
 
 from engine import Engine, Events, Hook, dist
-from engine.serialization import load_restricted
+from engine.serialization import load_restricted, non_float_arrays
 from hooks.checkpoint import Checkpoint, read_checkpoint
 from hooks.data_health import DataHealth
 from hooks.data_position import DataPosition
@@ -314,6 +314,10 @@ def load_pretrained(model, prefix: str) -> None:
     if not isinstance(state, dict) or not state or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise CheckpointError(f"Global.pretrained_model: {path} is not a model state_dict "
                               f"(a training checkpoint goes to Global.checkpoint)")
+    bad = non_float_arrays(state)
+    if bad:
+        raise CheckpointError(f"Global.pretrained_model: {path} holds entries that are no float weights: "
+                              + ", ".join(bad))
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     fitted = fit_state_dict(state, expected, f"Global.pretrained_model {path}")
     model.set_state_dict(in_model_dtypes(fitted, model.state_dict()))

@@ -82,7 +82,7 @@ class Checkpoint(Hook):
         changes = self._check_drift(ckpt, path, engine)  # first: it names the config keys
         self._check_facts(ckpt, path)
         checkpoint_state.check_fit(ckpt, path, self.model, self.shape_problems)
-        checkpoint_state.restore(ckpt, engine, self.model, self.optimizer, dist.rank(), self.world_size)
+        checkpoint_state.restore(ckpt, engine, self.model, self.optimizer, dist.rank(), self.world_size, path)
         if not self.run_dir.owns(path):
             self.saved = []  # another directory's checkpoints are never this run's to delete
         worlds = [ckpt["world_size"], self.world_size]

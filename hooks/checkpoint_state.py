@@ -15,11 +15,13 @@ Everything is plain data (numbers, strings, lists, dicts, numpy arrays), so the 
 through the restricted unpickler and `paddle.load` alike.
 """
 import random
+import re
 
 import numpy as np
 import paddle
 
 from engine.errors import CheckpointError
+from engine.serialization import non_float_arrays
 
 FORMAT = 2
 
@@ -56,9 +58,37 @@ def check_format(ckpt, path: str) -> None:
         raise CheckpointError(f"Global.checkpoint: {path} has checkpoint format {ckpt.get('format', 1)}, "
                               f"this version reads format {FORMAT}: resume it with the version that "
                               f"wrote it, or start a new run from its weights")
-    problem = _layout_problem(ckpt, _LAYOUT, "")
+    problem = _layout_problem(ckpt, _LAYOUT, "") or _content_problem(ckpt)
     if problem:
         raise CheckpointError(f"Global.checkpoint: {path} is not a complete checkpoint ({problem})")
+
+
+_MOMENT = re.compile(r"^(.*?)(_fp32_master_\d+)?_(moment1|moment2)_\d+$")
+
+
+def _content_problem(ckpt):
+    """What the layout check cannot see: a position no run reaches, weights that are no floats,
+    moments of another shape than their parameter, generator states that do not load."""
+    pos = ckpt["engine"]["position"]
+    if pos["epoch"] < 1 or pos["iteration"] < 0 or not 0 <= pos["epoch_iter"] <= pos["iteration"]:
+        return f"engine.position {pos} is no point of a run (epoch >= 1, 0 <= epoch_iter <= iteration)"
+    bad = non_float_arrays(ckpt["model"])
+    if bad:
+        return "model weights that are not float arrays: " + ", ".join(bad)
+    shapes = {k: np.shape(v) for k, v in ckpt["model"].items()}
+    for key, value in (ckpt["optimizer"] or {}).items():
+        found = _MOMENT.match(key)
+        if found and found.group(1) in shapes and np.shape(value) != shapes[found.group(1)]:
+            return (f"optimizer.{key} has shape {list(np.shape(value))}, its parameter "
+                    f"{list(shapes[found.group(1)])}")
+    try:
+        random.Random().setstate(_tuples(ckpt["rng"]["python"]))
+        name, keys, position, has_gauss, gauss = ckpt["rng"]["numpy"]
+        np.random.RandomState().set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
+        _generator_states(ckpt["rng"]["paddle"]["generators"])
+    except (TypeError, ValueError, IndexError, OverflowError, RuntimeError) as exc:
+        return f"rng: the random generator states do not load ({str(exc)[:120]})"
+    return None
 
 
 def _layout_problem(value, layout, where):
@@ -88,8 +118,13 @@ def check_fit(ckpt, path: str, model, shape_problems) -> None:
         raise CheckpointError(f"Global.checkpoint: {path} was saved from another model: " + "; ".join(problems))
 
 
-def restore(ckpt: dict, engine, model, optimizer, rank: int = 0, world_size: int = 1) -> None:
-    engine.load_state_dict(ckpt["engine"])
+def restore(ckpt: dict, engine, model, optimizer, rank: int = 0, world_size: int = 1, path: str = "") -> None:
+    try:
+        engine.load_state_dict(ckpt["engine"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"Global.checkpoint: {path} is not a complete checkpoint (a hook's state in it "
+                              f"does not load: {type(exc).__name__}: {str(exc)[:120]}); resume from another "
+                              f"checkpoint, or start a new run from its weights") from None
     model.set_state_dict(ckpt["model"])
     if optimizer is not None and ckpt["optimizer"] is not None:
         state = rename_optimizer_state(ckpt["optimizer"], model, to_structured=False)
@@ -165,13 +200,17 @@ def set_rng_state(rng: dict) -> None:
         print(f"note: the checkpoint's random generators belong to {saved['device']}, this run uses "
               f"{paddle.get_device()}: dropout and drop-path continue from this run's seed")
         return
-    cls = type(current[0])
+    paddle.set_rng_state(_generator_states(saved["generators"]))
+
+
+def _generator_states(plain_states: list) -> list:
+    cls = type(paddle.get_rng_state()[0])
     states = []
-    for plain in saved["generators"]:
+    for plain in plain_states:
         state = cls.__new__(cls)
         state.__setstate__(tuple(plain))
         states.append(state)
-    paddle.set_rng_state(states)
+    return states
 
 
 def _tuples(obj):

@@ -159,3 +159,112 @@ def test_ctrl_c_in_the_first_seconds_is_one_line(tiny_config, tmp_path, where):
     assert result.stderr.strip().splitlines()[-1] == "stopped by Ctrl-C before training started"
     assert "Traceback" not in result.stderr and "cannot be imported" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def a_checkpoint(tiny_dataset, tmp_path_factory):
+    from tests.conftest import write_tiny_config
+    work = tmp_path_factory.mktemp("crafted")
+    config = write_tiny_config(work, tiny_dataset, lambda cfg: cfg["Global"].update(epochs=1))
+    assert run.main(["-c", config]) == 0
+    return config, work / "out"
+
+
+def _craft(ckpt, case):
+    import copy
+    ckpt = copy.deepcopy(ckpt)
+    position = ckpt["engine"]["position"]
+    if case == "iteration -5":
+        position["iteration"] = -5
+    elif case == "epoch 0":
+        position["epoch"] = 0
+    elif case == "bad python rng":
+        ckpt["rng"]["python"] = [3, [1, 2], None]
+    elif case == "bad paddle rng":
+        ckpt["rng"]["paddle"]["generators"] = [["x"]]
+    elif case == "wrong moment shape":
+        key = next(k for k in ckpt["optimizer"] if k.endswith("_moment1_0") and k.startswith("head.weight"))
+        ckpt["optimizer"][key] = np.zeros((3, 3), np.float32)
+    elif case == "missing hook key":
+        hooks = ckpt["engine"]["hooks"]
+        key = next(k for k in hooks if k.startswith("TrainMeter"))
+        hooks[key] = {}
+    elif case == "int8 weights":
+        ckpt["model"]["head.bias"] = ckpt["model"]["head.bias"].astype(np.int8)
+    return ckpt
+
+
+@pytest.mark.parametrize("case", ["iteration -5", "epoch 0", "bad python rng", "bad paddle rng",
+                                  "wrong moment shape", "missing hook key", "int8 weights"])
+def test_checkpoints_that_pass_the_layout_but_cannot_be_resumed_are_one_line(a_checkpoint, tmp_path, case, capsys):
+    from engine.serialization import dump
+    config, out = a_checkpoint
+    crafted = tmp_path / "crafted.pdckpt"
+    dump(_craft(load_restricted(str(out / "epoch_1.pdckpt"), "t"), case), str(crafted))
+    capsys.readouterr()
+    code = run.main(["-c", config, "-o", f"Global.output_dir={tmp_path / 'new'}", "-o", f"Global.checkpoint={crafted}",
+                     "-o", "Global.epochs=2"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"error: Global.checkpoint: {crafted} is not a complete checkpoint") and err.count("\n") == 1, err
+
+
+WEIGHTS = {  # entry of head.bias: refused (the text), or None: loads
+    "float64": (lambda a: a.astype(np.float64), None),
+    "int8": (lambda a: a.astype(np.int8), "head.bias (int8)"),
+    "complex64": (lambda a: a.astype(np.complex64), "head.bias (complex64)"),
+    "object": (lambda a: np.array([object()] * a.size, dtype=object), "refers to builtins.object"),  # the unpickler
+    "structured": (lambda a: np.zeros(a.shape, dtype=[("x", "f4"), ("y", "i4")]), "head.bias ([('x', '<f4'), ('y', '<i4')])"),
+    "strings": (lambda a: np.array(["w"] * a.size), "head.bias (<U1)"),
+}
+
+
+@pytest.mark.parametrize("case", list(WEIGHTS))
+def test_weights_of_a_wrong_dtype_are_one_line(a_checkpoint, tmp_path, case, capsys):
+    import pickle
+    config, out = a_checkpoint
+    change, refused = WEIGHTS[case]
+    weights = load_restricted(str(out / "final.pdparams"), "t")
+    weights["head.bias"] = change(weights["head.bias"])
+    with open(tmp_path / "w.pdparams", "wb") as f:
+        pickle.dump(weights, f, protocol=4)
+    capsys.readouterr()
+    code = run.main(["-c", config, "--eval", "-o", f"Global.pretrained_model={tmp_path / 'w'}", "-o", "Infer.backend=eager"])
+    err = capsys.readouterr().err
+    if refused is None:
+        assert code == 0, err
+    else:
+        assert code == 2 and refused in err and err.count("\n") == 1, err
+        assert "holds entries that are no float weights" in err or case == "object"
+
+
+def test_crafted_pickles_are_one_line_and_protocol_5_weights_load(a_checkpoint, tmp_path, capsys):
+    import pickle
+    import sys
+    config, out = a_checkpoint
+    weights = load_restricted(str(out / "final.pdparams"), "t")
+    files = {"protocol5": pickle.dumps(weights, protocol=5),
+             "bytearray bomb": b"\x80\x04cbuiltins\nbytearray\nJ\x00\x18\x0f\x8f\x85R.",  # 2.4 GB if built
+             "missing slices": pickle.dumps({**weights, "UnpackBigParamInfor@@": {  # typos: disable-line
+                 "head.weight": {"slices": ["head.weight@@.0"], "OriginShape": [32, 10]}}})}
+    nested = []
+    for _ in range(3000):
+        nested = [nested]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20000)
+    try:
+        files["deep"] = pickle.dumps(nested, protocol=4)
+    finally:
+        sys.setrecursionlimit(limit)
+    said = {"bytearray bomb": "asks for an empty buffer of a given size", "missing slices": "slices it does not hold",
+            "deep": "levels deep, more than any weights or checkpoint file"}
+    for name, data in files.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.pdparams"
+        path.write_bytes(data)
+        capsys.readouterr()
+        code = run.main(["-c", config, "--eval", "-o", f"Global.pretrained_model={path}", "-o", "Infer.backend=eager"])
+        err = capsys.readouterr().err
+        if name == "protocol5":
+            assert code == 0, err
+        else:
+            assert code == 2 and said[name] in err and err.count("\n") == 1, (name, err)
