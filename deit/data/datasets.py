@@ -7,6 +7,7 @@ augmentation, whatever the number of workers or the point a run was resumed from
 """
 import multiprocessing
 import os
+import re
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -80,6 +81,24 @@ class ImageDataset:
         return int(rng.integers(len(self.samples)))
 
 
+_LABEL = re.compile(r"^[0-9]+$")  # ASCII digits: "²".isdigit() is True and int("²") raises
+
+
+def _text_lines(path: str):
+    """(line number, text) of a UTF-8 list file; a byte-order mark is dropped (it made the
+    first path's "does not exist" invisible), other encodings are named with their line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                            f"{exc.start + 1}); save the list as UTF-8") from None
+
+
 class ImageNetDataset(ImageDataset):
     """PLSC's layout: `image_root` plus a list file of `relative/path label` lines."""
 
@@ -90,21 +109,20 @@ class ImageNetDataset(ImageDataset):
         if not cls_label_path or not os.path.isfile(cls_label_path):
             raise DataError(f"cls_label_path {cls_label_path!r} is not a file")
         samples = []
-        with open(cls_label_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                parts = line.rsplit(maxsplit=1)
-                if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-                    raise DataError(f"{cls_label_path}:{lineno}: expected 'relative/path label' "
-                                    f"with a non-negative integer label, got {line.strip()!r}")
-                if num_classes is not None and int(parts[1]) >= num_classes:
-                    raise DataError(f"{cls_label_path}:{lineno}: label {parts[1]} is not below "
-                                    f"Model.class_num={num_classes} (labels count from 0)")
-                path = os.path.join(image_root, parts[0])
-                if check_files and not os.path.isfile(path):
-                    raise DataError(f"{cls_label_path}:{lineno}: image {path} does not exist")
-                samples.append((path, int(parts[1])))
+        for lineno, line in _text_lines(cls_label_path):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not _LABEL.match(parts[1]):
+                raise DataError(f"{cls_label_path}:{lineno}: expected 'relative/path label' "
+                                f"with a non-negative integer label, got {line.strip()[:120]!r}")
+            if num_classes is not None and int(parts[1]) >= num_classes:
+                raise DataError(f"{cls_label_path}:{lineno}: label {parts[1]} is not below "
+                                f"Model.class_num={num_classes} (labels count from 0)")
+            path = os.path.join(image_root, parts[0])
+            if check_files and not os.path.isfile(path):
+                raise DataError(f"{cls_label_path}:{lineno}: image {path} does not exist")
+            samples.append((path, int(parts[1])))
         if not samples:
             raise DataError(f"{cls_label_path} lists no images")
         super().__init__(samples, transform, seed, max_bad_fraction)

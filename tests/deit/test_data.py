@@ -366,3 +366,24 @@ def test_two_ranks_draw_different_mixup_for_the_same_batch_index(tiny_dataset):
     loader.set_epoch(1, start_batch=3)
     list(loader)
     assert again[1] == drawn[1][3:]  # still a pure function of (seed, epoch, batch, rank): resumable
+
+
+@pytest.mark.parametrize("content, said", [
+    ("img0.jpg ²\n".encode(), r"list.txt:1: expected 'relative/path label' with a non-negative integer label, got 'img0.jpg ²'"),
+    (b"img0.jpg --1\n", r"list.txt:1: expected .* got 'img0.jpg --1'"),
+    (b"img0.jpg 0\ncaf\xe9.jpg 1\n", r"list.txt:2: not UTF-8 text \(byte 0xe9 at column 4\); save the list as UTF-8"),
+])
+def test_list_files_with_odd_labels_or_bytes_are_one_clear_line(tmp_path, content, said):
+    """'²'.isdigit() is True and int('²') raised; Latin-1 bytes raised UnicodeDecodeError."""
+    root, listing = _write_dataset(tmp_path)
+    (tmp_path / "list.txt").write_bytes(content)
+    with pytest.raises(DataError, match=said):
+        ImageNetDataset(root, listing)
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_path(tmp_path):
+    root, listing = _write_dataset(tmp_path)
+    data = (tmp_path / "list.txt").read_bytes()
+    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbf" + data.replace(b"\n", b"\r\n"))  # Windows' Notepad
+    dataset = ImageNetDataset(root, listing)
+    assert dataset.samples[0] == (os.path.join(root, "img0.jpg"), 0) and len(dataset) == 10
