@@ -9,14 +9,19 @@ def read_metrics(output_dir: str):
     path = os.path.join(output_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise SetupError(f"{path} does not exist: point `run.py plot` at a training output_dir")
+    with open(path, "rb") as f:
+        lines = f.read().decode("utf-8", "replace").split("\n")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise SetupError(f"{path}:{lineno}: not a JSON line") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if lineno < len(lines) - (lines[-1] == ""):
+                raise SetupError(f"{path}:{lineno}: not a JSON line") from None
+            # the last line, torn: normal while a run writes it or after a kill
+            print(f"note: {path}:{lineno}: the last line is incomplete (a run writing it, or killed): skipped")
     return records
 
 

@@ -196,3 +196,23 @@ def test_gpu_check_says_why_it_stops_on_a_machine_without_a_gpu():
     assert result.returncode == 2, result.stderr
     assert "no GPU here: this PaddlePaddle has no CUDA" in result.stdout and "--emulate" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_plot_of_a_metrics_file_with_a_torn_last_line_plots_what_is_whole(tiny_config, capsys):
+    """The last line is torn while a run writes it and after a kill: not an error."""
+    pytest.importorskip("matplotlib")
+    assert run.main(["-c", tiny_config, "-o", "Global.epochs=1"]) == 0
+    out = _out(tiny_config)
+    path = os.path.join(out, "metrics.jsonl")
+    with open(path, "a") as f:
+        f.write('{"event": "train", "epoch": 2, "iter')
+    capsys.readouterr()
+    assert run.main(["plot", out]) == 0
+    assert "the last line is incomplete (a run writing it, or killed): skipped" in capsys.readouterr().out
+    with open(path) as f:
+        lines = f.read().splitlines()
+    lines.insert(1, "{torn")
+    with open(path, "w") as f:
+        f.write("\n".join(lines[:-1]) + "\n")
+    assert run.main(["plot", out]) == 2
+    assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err
