@@ -55,6 +55,8 @@ class State:
         """Epochs trained after `steps` steps of the current epoch (default: all so far), as a
         fraction: 1.5 is half-way through epoch 2, counted in samples when the data says how
         (so it survives a change of the number of processes), else in steps."""
+        if steps is None and self.epoch_ended:
+            return float(self.epoch)  # whole, whatever the data's plan now (an elastic resume)
         steps = self.epoch_iter if steps is None else steps
         if self.epoch_fraction is not None:
             fraction = self.epoch_fraction(steps)

@@ -87,8 +87,10 @@ class Checkpoint(Hook):
             self.saved = []  # another directory's checkpoints are never this run's to delete
         worlds = [ckpt["world_size"], self.world_size]
         if changes or worlds[0] != worlds[1]:  # run.py prints them once train.log is open; metrics.jsonl records them
+            counters = engine.state.counters()  # the data has no plan for the resumed epoch yet:
+            counters["epochs_done"] = ckpt.get("epochs_done", counters["epochs_done"])  # the writer's
             engine.state.reports.put("resume", {
-                "event": "resume", **engine.state.counters(), "from": path,
+                "event": "resume", **counters, "from": path,
                 "changes": {k: [old, new] for k, old, new in changes}, "world_size": worlds})
         return path
 

@@ -7,6 +7,7 @@
     optimizer   its state keyed by structured parameter names (see below)
     rng         python, numpy and paddle generator states, as plain numbers (rank 0's)
     rng_ranks   every rank's, indexed by rank (scheduled saves of a launch; optional)
+    epochs_done the epochs trained when it was written, counted in samples (optional)
     world_size  processes of the launch that wrote it
     config      the resolved config of that run
     facts       what a resume must find unchanged beyond the config (e.g. number of images)
@@ -36,6 +37,7 @@ def capture(engine, model, optimizer, world_size: int, config: dict, facts: dict
         if optimizer is not None else None,
         "rng": rng_state(),
         "rng_ranks": rng_ranks or [],
+        "epochs_done": round(engine.state.epochs_done(), 6),  # in samples: true under any later launch size
         "world_size": world_size,
         "config": config,
         "facts": facts,

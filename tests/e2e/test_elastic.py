@@ -97,6 +97,8 @@ def test_killed_on_n_processes_resumed_on_m_trains_every_sample_of_the_epoch_onc
     assert rows[-1]["epoch"] == 2 and rows[-1]["epochs_done"] == 2.0 and (out / "final.pdparams").exists()
     def epoch_total(world):  # samples of an epoch of `world` processes: 120 / world per rank, whole batches
         return 120 // world // 16 * 16 * world
+    (resume,) = [r for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if r["event"] == "resume"]
+    assert resume["epochs_done"] == pytest.approx(min(cut * 16 * before / epoch_total(before), 1.0), abs=1e-6)
     schedule = TimmCosine(1e-3, 1e-5, 0, 1e-4, 2, 7, "step")  # demo.yaml's, without warm-up
     # each row's LR was set before its step, from the epochs done then: the curve goes on across the cut
     for row in rows:
