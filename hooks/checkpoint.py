@@ -164,8 +164,9 @@ class Checkpoint(Hook):
                 raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
             return
         self._signal = signum
-        if self.run_dir.is_main:
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint when this step ends"
+        if self.run_dir.is_main:  # "saving" is said when the save happens: this step may yet fail
+            when = "when this step ends" if self.world_size == 1 else "at the next report step, with every rank"
+            print(f"\n{signal.Signals(signum).name}: stopping {when}"
                   f"{' (Ctrl-C again to stop without saving)' if signum == signal.SIGINT else ''}",
                   file=sys.stderr, flush=True)
 
@@ -174,32 +175,43 @@ class Checkpoint(Hook):
             signal.signal(signum, handler)
         self._previous_handlers = {}
 
-    def _check_launcher(self, engine):
-        """At report steps (one small all-reduce there, so that every rank stops at the same step)."""
-        if self._launcher is None or self._signal is not None or engine.state.reports.fresh("train") is None:
-            return
-        if dist.any_rank(os.getppid() != self._launcher):
-            self._signal = signal.SIGTERM
-            print(f"rank {dist.rank()}: the launcher (pid {self._launcher}) is gone: saving a checkpoint "
-                  f"at the end of this step and stopping", file=sys.stderr, flush=True)
+    def _stopping(self, engine, at_epoch_end: bool) -> bool:
+        """Whether to save and stop here. One process: when signalled. A launch: every rank must
+        stop at the same step, or the one that goes on waits in a collective for a peer that is
+        gone (Paddle's launcher signals its ranks one after another, 0.6 s apart). So the ranks
+        vote with one small all-reduce at report steps and epoch ends (no read of the device
+        per step), and stop together if any rank was signalled or lost its launcher."""
+        if self.world_size == 1:
+            return self._signal is not None
+        if not at_epoch_end and engine.state.reports.fresh("train") is None:
+            return False
+        orphaned = self._launcher is not None and os.getppid() != self._launcher
+        if orphaned and self._signal is None:
+            print(f"rank {dist.rank()}: the launcher (pid {self._launcher}) is gone: stopping with every "
+                  f"rank", file=sys.stderr, flush=True)
+        if not dist.any_rank(self._signal is not None or orphaned):
+            return False
+        self._signal = self._signal or signal.SIGTERM  # a peer's signal, or a lost launcher
+        return True
 
     def iter_end(self, engine):
         state = engine.state
-        self._check_launcher(engine)
         if self.unit == "step" and state.every(self.interval):
             self.save(engine, f"step_{state.iteration}")
-        self._stop_if_signalled(engine, f"step_{state.iteration}")
+        self._stop_if_signalled(engine, f"step_{state.iteration}", at_epoch_end=False)
 
     def epoch_end(self, engine):
         if self.unit == "epoch" and engine.state.every(self.interval, "epoch"):
             self.save(engine, f"epoch_{engine.state.epoch}")
-        self._stop_if_signalled(engine, f"epoch_{engine.state.epoch}")
+        self._stop_if_signalled(engine, f"epoch_{engine.state.epoch}", at_epoch_end=True)
 
-    def _stop_if_signalled(self, engine, name):
-        if self._signal is not None:
+    def _stop_if_signalled(self, engine, name, at_epoch_end: bool):
+        if self._stopping(engine, at_epoch_end):
             path = self.run_dir.file(name + ".pdckpt")
+            if self.run_dir.is_main:
+                print(f"{signal.Signals(self._signal).name}: saving {path}", file=sys.stderr, flush=True)
             if not self.saved or self.saved[-1] != name + ".pdckpt":
-                self.save(engine, name, every_rank=False)  # the signal may have reached one rank only
+                self.save(engine, name)  # every rank is here (one process, or after the vote)
             raise Interrupted(self._signal, path)
 
     def eval_end(self, engine):
@@ -215,11 +227,11 @@ class Checkpoint(Hook):
         self._restore_signals()
 
     # ---- saving -----------------------------------------------------------------------
-    def save(self, engine, name: str, every_rank: bool = True) -> str:
-        """Rank 0 writes; every rank counts. `every_rank`: all ranks are here (a scheduled save),
-        so each rank's random generators are gathered into the checkpoint."""
+    def save(self, engine, name: str) -> str:
+        """Rank 0 writes; every rank counts, and all are here (a scheduled save, or a stop the ranks
+        voted for), so each rank's random generators are gathered into the checkpoint."""
         name += ".pdckpt"
-        rng_ranks = dist.gather_objects(checkpoint_state.rng_state()) if every_rank and self.world_size > 1 else None
+        rng_ranks = dist.gather_objects(checkpoint_state.rng_state()) if self.world_size > 1 else None
         if name in self.saved:
             self.saved.remove(name)
         self.saved.append(name)  # before saving, so the checkpoint knows itself on resume

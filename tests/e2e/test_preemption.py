@@ -38,7 +38,8 @@ def test_sigterm_to_the_process_group_saves_at_the_step_end_and_resumes(tiny_con
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr and "DataLoader process" not in stderr
-    assert "SIGTERM: saving a checkpoint when this step ends" in stderr
+    assert "SIGTERM: stopping when this step ends" in stderr
+    assert f"SIGTERM: saving {out / 'step_3.pdckpt'}" in stderr
     assert f"saved {out / 'step_3.pdckpt'}" in stderr
     assert (out / "latest.txt").read_text().strip() == "step_3.pdckpt"
     with pytest.raises(ProcessLookupError):  # no worker outlived the trainer
@@ -118,9 +119,47 @@ def test_ranks_whose_launcher_was_killed_stop_with_a_checkpoint(tiny_config, tmp
         except ProcessLookupError:
             pass
     logs = "".join(p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*")))
-    assert "the launcher (pid" in logs and "is gone: saving a checkpoint" in logs, logs[-3000:]
+    assert "the launcher (pid" in logs and "is gone: stopping with every rank" in logs, logs[-3000:]
+    assert "SIGTERM: saving" in logs
     latest = (out / "latest.txt").read_text().strip()
     assert latest.startswith("step_") and not (out / "final.pdparams").exists()
     resumed = run_cli(tiny_config, out, "Global.epochs=3", "DataLoader.Train.sampler.batch_size=8",
                       "Global.checkpoint=auto", hooks_dir=tmp_path)
     assert resumed.returncode == 0, resumed.stderr  # the lock was released: no "in use by another run"
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_process_launch_saves_at_the_step_end(tiny_config, tmp_path):
+    """`scancel` or `timeout` signal the launcher, both ranks and their workers at once."""
+    import sys
+    from tests.conftest import ROOT
+    write_hooks(tmp_path)
+    out, mark, go = tmp_path / "run", tmp_path / "at_step", tmp_path / "go"
+    args = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--devices", "",
+            "--log_dir", str(tmp_path / "log"), os.path.join(ROOT, "run.py"), "-c", tiny_config,
+            "-o", f"Global.output_dir={out}", "-o", "Global.epochs=3", "-o", "DataLoader.Train.sampler.batch_size=8",
+            "-o", "DataLoader.Train.loader.num_workers=1",
+            "-o", hooks_option(f"fault_hooks.HoldAt: {{step: 3, mark: '{mark}', go: '{go}'}}")]
+    launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=environment(tmp_path, out), start_new_session=True)
+    try:
+        _wait_for(mark, launcher)
+        time.sleep(0.5)  # both ranks in their hold (rank 1 a moment later); the test does not depend on it
+        os.killpg(launcher.pid, signal.SIGTERM)
+        go.touch()
+        launcher.communicate(timeout=180)
+    finally:
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    logs = "".join(p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*")))
+    assert "DataLoader process" not in logs and "Traceback" not in logs, logs[-3000:]
+    # the ranks vote at report steps (every 2 here): the first after the signal is step 4
+    assert "SIGTERM: stopping at the next report step, with every rank" in logs
+    assert f"SIGTERM: saving {out / 'step_4.pdckpt'}" in logs, logs[-3000:]
+    assert (out / "latest.txt").read_text().strip() == "step_4.pdckpt"
+    assert launcher.returncode != 0 and logs.count("stopped by SIGTERM; saved") == 2  # each rank says where
+    resumed = run_cli(tiny_config, out, "Global.epochs=3", "DataLoader.Train.sampler.batch_size=8",
+                      "Global.checkpoint=auto", hooks_dir=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
