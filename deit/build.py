@@ -35,6 +35,7 @@ from hooks.metrics_log import MetricsLog
 from hooks.nan_guard import NanGuard
 from hooks.progress import Progress
 from hooks.run_directory import RunDirectory
+from hooks.step_limit import StepLimit
 from hooks.train_meter import TrainMeter
 from hooks.visualdl import VisualDL
 
@@ -52,7 +53,7 @@ from .data.transforms import build_transforms
 from .errors import CheckpointError, SetupError, paddle_message, unknown
 from .flops import model_macs
 from .loss import LOSSES
-from .model import FACTORIES, VisionTransformer
+from .model import ARCHITECTURES, GENERIC, VisionTransformer
 from .optim import build_adamw
 from .export import export_inference
 from .predict import EagerModel, InferenceLayer, InferenceModel, check_save_path, list_images, read_class_names
@@ -72,6 +73,11 @@ def setup_runtime(cfg) -> None:
         raise SetupError("Global.device is 'gpu' but this PaddlePaddle build has no CUDA: "
                          "install paddlepaddle-gpu or run with -o Global.device=cpu")
     paddle.set_device(g["device"])
+    if g["flags"]:  # PLSC's Global.flags
+        try:
+            paddle.set_flags({k if k.startswith("FLAGS_") else f"FLAGS_{k}": v for k, v in g["flags"].items()})
+        except (ValueError, TypeError) as exc:
+            raise SetupError(f"Global.flags: {paddle_message(exc)}") from None
     if g["device"] == "cpu":
         # Paddle's CPU copy of strided views (transpose/split outputs and their grads) is
         # slow: contiguous outputs make a DeiT-Ti step 1.4x faster here (bench/NOTES.md).
@@ -92,16 +98,30 @@ def check_paddle_version(version: str) -> None:
                          f"3.x paddlepaddle-gpu wheel from Paddle's own index: see the README's install lines)")
 
 
-def build_model(m) -> paddle.nn.Layer:
-    common = dict(class_num=m["class_num"], drop_rate=m["drop_rate"],
-                  drop_path_rate=m["drop_path_rate"], init=m["init"])
+def model_architecture(m) -> dict:
+    """Model.name's architecture with the Model keys that are set over it (a variant of a named
+    model: PLSC refuses those keys for a named model, and an earlier version dropped them)."""
     if m["name"] == "VisionTransformer":
-        return VisionTransformer(img_size=m["img_size"], patch_size=m["patch_size"],
-                                 embed_dim=m["embed_dim"], depth=m["depth"], num_heads=m["num_heads"],
-                                 mlp_ratio=m["mlp_ratio"], **common)
-    if m["name"] not in FACTORIES:
-        raise unknown("Model.name", m["name"], list(FACTORIES) + ["VisionTransformer"])
-    return FACTORIES[m["name"]](**common)
+        base = GENERIC
+    elif m["name"] in ARCHITECTURES:
+        base = ARCHITECTURES[m["name"]]
+    else:
+        raise unknown("Model.name", m["name"], list(ARCHITECTURES) + ["VisionTransformer"])
+    return {key: m[key] if m[key] is not None else value for key, value in base.items()}
+
+
+def architecture_changes(m) -> dict:
+    """The keys that make a named model a variant: name -> (the model's, the config's)."""
+    if m["name"] not in ARCHITECTURES:
+        return {}
+    base = ARCHITECTURES[m["name"]]
+    return {k: (base[k], m[k]) for k in base if m[k] is not None and m[k] != base[k]}
+
+
+def build_model(m) -> paddle.nn.Layer:
+    return VisionTransformer(**model_architecture(m), class_num=m["class_num"], drop_rate=m["drop_rate"],
+                             drop_path_rate=m["drop_path_rate"], init=m["init"], qkv_bias=m["qkv_bias"],
+                             epsilon=m["epsilon"], attn_drop_rate=m["attn_drop_rate"])
 
 
 def fp32_on_cpu(cfg) -> bool:
@@ -299,10 +319,11 @@ def _kwargs_text(kwargs: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
-def load_pretrained(model, prefix: str) -> None:
+def load_pretrained(model, prefix: str, finetune: bool = False) -> None:
     """PLSC's `Global.pretrained_model`: a path prefix, `.pdparams` appended if missing; or a
     training checkpoint (`.pdckpt`), whose model weights start a new run. A different class
-    count drops the head; a different image size resamples pos_embed."""
+    count drops the head; a different image size resamples pos_embed. `finetune` (PLSC's
+    Global.finetune) always starts a new head, as PLSC's load_pretrained does."""
     path = prefix if prefix.endswith((".pdparams", ".pdckpt")) else prefix + ".pdparams"
     if not os.path.exists(path):
         raise CheckpointError(f"Global.pretrained_model: {path} does not exist")
@@ -318,6 +339,9 @@ def load_pretrained(model, prefix: str) -> None:
     if bad:
         raise CheckpointError(f"Global.pretrained_model: {path} holds entries that are no float weights: "
                               + ", ".join(bad))
+    if finetune and any(k in state for k in ("head.weight", "head.bias")):
+        print(f"Global.finetune: dropping head.weight/head.bias of {path}; the new head starts from its init")
+        state = {k: v for k, v in state.items() if k not in ("head.weight", "head.bias")}
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     fitted = fit_state_dict(state, expected, f"Global.pretrained_model {path}")
     model.set_state_dict(in_model_dtypes(fitted, model.state_dict()))
@@ -418,7 +442,7 @@ def build_training(cfg):
     """Everything for a training run, validated; nothing is written to output_dir here.
     Returns the engine and its Checkpoint hook, which owns the run directory and resuming."""
     g, amp = cfg["Global"], cfg["FP16"]
-    check_config(cfg)
+    check_config(cfg, model_architecture(cfg["Model"]))
     setup_runtime(cfg)
     if not cfg["DistributedStrategy"]["data_parallel"] and dist.world_size() > 1:
         raise SetupError("DistributedStrategy.data_parallel is false, but data parallel is the only "
@@ -438,7 +462,7 @@ def build_training(cfg):
             check_pipeline(loader.dataset.transform, cfg["DataLoader"][split]["dataset"]["transform_ops"],
                            model.img_size, f"DataLoader.{split}.dataset.transform_ops")
     if g["pretrained_model"]:
-        load_pretrained(model, g["pretrained_model"])
+        load_pretrained(model, g["pretrained_model"], finetune=g["finetune"])
     o, s = cfg["Optimizer"], cfg["LRScheduler"]
     optimizer = build_adamw(model, s["learning_rate"], **o)
     model, optimizer, precision = build_precision(cfg, model, optimizer)
@@ -458,7 +482,7 @@ def build_training(cfg):
     engine = Engine(engine_step(step), train_loader, max_epochs=g["epochs"], model=model, optimizer=optimizer)
     run_dir = RunDirectory(g["output_dir"], is_main=dist.is_main())
     checkpoint = Checkpoint(run_dir, model, optimizer, g["save_interval"], g["save_unit"],
-                            g["max_num_latest_checkpoint"], config=cfg, world_size=dist.world_size(),
+                            checkpoints_kept(g["max_num_latest_checkpoint"]), config=cfg, world_size=dist.world_size(),
                             fixed=RESUME_FIXED, shape_problems=shape_problems,
                             facts={"training images": len(train_loader.dataset)}, best_of="eval",
                             weights=partial(fp32_weights, model, optimizer))
@@ -479,6 +503,8 @@ def build_training(cfg):
         hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"], weights=trained_weights))
         if evaluation is not None and ema["eval_with_ema"]:
             hooks.append(evaluate(partial(evaluation, ema_model), name="eval_ema"))
+    if g["max_train_step"]:
+        hooks.append(StepLimit(g["max_train_step"]))
     hooks += [import_hook(name, kwargs, f"Hooks.{i}") for i, entry in enumerate(cfg["Hooks"])
               for name, kwargs in entry.items()]
     for hook in hooks:
@@ -502,6 +528,13 @@ def build_precision(cfg, model, optimizer):
     if amp["dtype"] == "float16":  # bfloat16 has fp32's range: no loss scaling
         precision.scaler = DynamicLossScaler(**amp["GradScaler"])
     return model, optimizer, precision
+
+
+def checkpoints_kept(max_num_latest_checkpoint: int):
+    """PLSC's Global.max_num_latest_checkpoint: 0 keeps no per-epoch checkpoints, only what
+    resume needs (here the newest, which latest.txt names); -1 keeps all; N the newest N.
+    Returns the Checkpoint hook's `keep` (None: all)."""
+    return None if max_num_latest_checkpoint == -1 else max(max_num_latest_checkpoint, 1)
 
 
 def lr_scale_for(scheduler: dict, global_batch: int) -> float:
@@ -571,8 +604,13 @@ def describe_run(cfg, training: Training) -> str:
     if fp32_on_cpu(cfg):
         compiled = any(isinstance(layer, CpuAttention) for layer in model.sublayers())
         kernels = ", kernels compiled" if compiled else ", kernels Paddle's"
+    variant = architecture_changes(m)
+    variant_text = (" (a variant: " + ", ".join(f"{k} {new} for {old}" for k, (old, new) in variant.items()) + ")"
+                    if variant else "")
+    keep = g["max_num_latest_checkpoint"]
+    kept = {-1: "every checkpoint", 0: "the newest checkpoint only"}.get(keep, f"the newest {keep} checkpoints")
     return "\n".join([
-        f"model   {m['name']}: {params / 1e6:.2f} M parameters, {gflops:.3f} GFLOPs per image "
+        f"model   {m['name']}{variant_text}: {params / 1e6:.2f} M parameters, {gflops:.3f} GFLOPs per image "
         f"(forward), {model.img_size}px, init {m['init']}",
         f"data    train {len(loader.dataset)} images, {len(loader)} steps per epoch x {g['epochs']} epochs"
         f"{eval_text}",
@@ -583,5 +621,6 @@ def describe_run(cfg, training: Training) -> str:
         f"{', MKL_DEBUG_CPU_TYPE=' + os.environ['MKL_DEBUG_CPU_TYPE'] if 'MKL_DEBUG_CPU_TYPE' in os.environ else ''}, "
         f"precision {cfg['FP16']['level']}{'' if cfg['FP16']['level'] == 'O0' else ' ' + cfg['FP16']['dtype']}"
         f"{kernels}",
-        f"output  {g['output_dir']}",
+        f"output  {g['output_dir']}: keeps {kept} (Global.max_num_latest_checkpoint {keep}), best.pdparams, "
+        f"final.pdparams",
     ])

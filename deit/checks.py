@@ -8,14 +8,15 @@ from PIL import Image
 from .errors import SetupError
 
 
-def check_config(cfg) -> None:
-    m = cfg["Model"]
-    if m["name"] == "VisionTransformer":
-        if m["embed_dim"] % m["num_heads"]:
-            raise SetupError(f"Model.num_heads={m['num_heads']} must divide Model.embed_dim={m['embed_dim']} "
-                             f"(each head gets embed_dim / num_heads channels)")
-        if m["img_size"] % m["patch_size"]:
-            raise SetupError(f"Model.patch_size={m['patch_size']} must divide Model.img_size={m['img_size']}")
+def check_config(cfg, architecture: dict) -> None:
+    """`architecture`: the model's (deit/build.py's model_architecture), named keys included."""
+    m, arch = cfg["Model"], architecture
+    if arch["embed_dim"] % arch["num_heads"]:
+        raise SetupError(f"Model.num_heads={arch['num_heads']} must divide Model.embed_dim={arch['embed_dim']} "
+                         f"(each head gets embed_dim / num_heads channels)")
+    if arch["img_size"] % arch["patch_size"]:
+        raise SetupError(f"Model.patch_size={arch['patch_size']} must divide Model.img_size={arch['img_size']}")
+    cfg["Optimizer"]["grad_clip"] = clip_norm(cfg["Optimizer"]["grad_clip"])
     classes = m["class_num"]
     for key, value in _mix_class_nums(cfg):
         if value != classes:
@@ -66,3 +67,34 @@ def check_pipeline(transform, ops, img_size: int, key: str) -> None:
         raise SetupError(f"{key} turn an image into {got}, the model takes "
                          f"3x{img_size}x{img_size} (Model.img_size or the model's name): crop to "
                          f"{img_size} and end with NormalizeImage and ToCHWImage")
+
+
+def clip_norm(value) -> float:
+    """Optimizer.grad_clip: a number (0 = off), or PLSC's {name: ClipGradByGlobalNorm, clip_norm: N}
+    (plsc/core/grad_clip.py). Its other arguments have no counterpart here: a note says so."""
+    if isinstance(value, bool) or value is None:
+        raise SetupError(f"Optimizer.grad_clip must be a number or {{name: ClipGradByGlobalNorm, clip_norm: N}}, "
+                         f"got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise SetupError(f"Optimizer.grad_clip must be >= 0 (0 = off), got {value}")
+        return float(value)
+    if not isinstance(value, dict):
+        raise SetupError(f"Optimizer.grad_clip must be a number or {{name: ClipGradByGlobalNorm, clip_norm: N}}, "
+                         f"got {str(value)[:80]!r}")
+    options = dict(value)
+    name = options.pop("name", "ClipGradByGlobalNorm")
+    if name != "ClipGradByGlobalNorm":
+        raise SetupError(f"Optimizer.grad_clip.name {name!r}: only ClipGradByGlobalNorm is here (PLSC's default)")
+    norm = options.pop("clip_norm", 1.0)
+    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or norm <= 0:
+        raise SetupError(f"Optimizer.grad_clip.clip_norm must be a number > 0, got {norm!r}")
+    ignored = {k: v for k, v in options.items() if v not in (None, False, [], ())}
+    unknown_keys = set(options) - {"clip_norm_max", "always_clip", "no_clip_list"}
+    if unknown_keys:
+        raise SetupError(f"Optimizer.grad_clip: unknown key {sorted(unknown_keys)[0]!r} (ClipGradByGlobalNorm takes "
+                         f"clip_norm, clip_norm_max, always_clip, no_clip_list)")
+    if ignored:
+        print(f"note: Optimizer.grad_clip: {', '.join(sorted(ignored))} of PLSC's ClipGradByGlobalNorm are not "
+              f"applied here; the global norm is clipped to {norm:g} as Paddle's ClipGradByGlobalNorm does")
+    return float(norm)

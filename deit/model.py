@@ -47,10 +47,10 @@ class Attention(nn.Layer):
     kept in the [batch, tokens, heads, head_dim] layout the fused kernel takes, so no transposes.
     """
 
-    def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0):
+    def __init__(self, dim, num_heads, attn_drop=0.0, proj_drop=0.0, qkv_bias=True):
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
+        self.qkv = nn.Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
         self.proj = nn.Linear(dim, dim)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
@@ -88,11 +88,12 @@ def explicit_attention(q, k, v, dropout: float = 0.0, training: bool = False):
 
 
 class Block(nn.Layer):
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, drop=0.0, drop_path_rate=0.0):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, drop=0.0, drop_path_rate=0.0, qkv_bias=True,
+                 epsilon=1e-6, attn_drop=0.0):
         super().__init__()
-        norm = partial(nn.LayerNorm, epsilon=1e-6)
+        norm = partial(nn.LayerNorm, epsilon=epsilon)
         self.norm1 = norm(dim)
-        self.attn = Attention(dim, num_heads, proj_drop=drop)
+        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop, qkv_bias=qkv_bias)
         self.drop_path = DropPath(drop_path_rate)
         self.norm2 = norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -120,7 +121,7 @@ class VisionTransformer(nn.Layer):
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, class_num=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
-                 init="deit"):
+                 init="deit", qkv_bias=True, epsilon=1e-6, attn_drop_rate=0.0):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
@@ -131,8 +132,9 @@ class VisionTransformer(nn.Layer):
         self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=_zeros)
         self.pos_drop = nn.Dropout(drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.LayerList([Block(embed_dim, num_heads, mlp_ratio, drop_rate, r) for r in rates])
-        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-6)
+        self.blocks = nn.LayerList([Block(embed_dim, num_heads, mlp_ratio, drop_rate, r, qkv_bias, epsilon,
+                                          attn_drop_rate) for r in rates])
+        self.norm = nn.LayerNorm(embed_dim, epsilon=epsilon)
         self.head = nn.Linear(embed_dim, class_num) if class_num > 0 else nn.Identity()
         init_weights(self, init)
 
@@ -162,7 +164,8 @@ def init_weights(model: VisionTransformer, scheme: str = "deit") -> None:
     for layer in model.sublayers():
         if isinstance(layer, nn.Linear):
             trunc(layer.weight)
-            _zeros(layer.bias)
+            if layer.bias is not None:
+                _zeros(layer.bias)
         elif isinstance(layer, nn.LayerNorm):
             _ones(layer.weight)
             _zeros(layer.bias)
@@ -173,21 +176,25 @@ def init_weights(model: VisionTransformer, scheme: str = "deit") -> None:
             nn.initializer.Uniform(-bound, bound)(p)
 
 
-def _factory(patch_size, embed_dim, depth, num_heads, img_size=224):
+# The named models: PLSC's factory names, the official architectures (qkv bias, LayerNorm eps 1e-6)
+ARCHITECTURES = {
+    "DeiT_tiny_patch16_224": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),
+    "DeiT_small_patch16_224": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),
+    "DeiT_base_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
+    "DeiT_base_patch16_384": dict(img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
+}
+# Model.name VisionTransformer with nothing set: ViT-B/16 at 224 px
+GENERIC = ARCHITECTURES["DeiT_base_patch16_224"]
+
+
+def _factory(architecture):
     def build(**kwargs):
-        return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
-                                 depth=depth, num_heads=num_heads, **kwargs)
+        return VisionTransformer(**{**architecture, **kwargs})
     return build
 
 
-DeiT_tiny_patch16_224 = _factory(16, 192, 12, 3)
-DeiT_small_patch16_224 = _factory(16, 384, 12, 6)
-DeiT_base_patch16_224 = _factory(16, 768, 12, 12)
-DeiT_base_patch16_384 = _factory(16, 768, 12, 12, img_size=384)
-
-FACTORIES = {
-    "DeiT_tiny_patch16_224": DeiT_tiny_patch16_224,
-    "DeiT_small_patch16_224": DeiT_small_patch16_224,
-    "DeiT_base_patch16_224": DeiT_base_patch16_224,
-    "DeiT_base_patch16_384": DeiT_base_patch16_384,
-}
+FACTORIES = {name: _factory(arch) for name, arch in ARCHITECTURES.items()}
+DeiT_tiny_patch16_224 = FACTORIES["DeiT_tiny_patch16_224"]
+DeiT_small_patch16_224 = FACTORIES["DeiT_small_patch16_224"]
+DeiT_base_patch16_224 = FACTORIES["DeiT_base_patch16_224"]
+DeiT_base_patch16_384 = FACTORIES["DeiT_base_patch16_384"]

@@ -66,7 +66,10 @@ SCHEMA = {
         "device": (("cpu", "gpu"), "gpu"),
         "save_interval": ("int", 1, ">=1"),
         "save_unit": (("epoch", "step"), "epoch"),      # ours
-        "max_num_latest_checkpoint": ("int", 0, ">=0"),   # 0 keeps all
+        "max_num_latest_checkpoint": ("int", 0, ">=-1"),  # PLSC's: 0 only what resume needs, -1 all, N newest N
+        "finetune": ("bool", False),                    # PLSC's: pretrained_model starts a new head
+        "max_train_step": ("int?", None, ">=1"),        # PLSC's: stop after this many optimizer steps
+        "flags": ("dict?", None),                       # PLSC's: paddle.set_flags({...}) at start
         "eval_during_train": ("bool", True),
         "eval_interval": ("int", 1, ">=1"),
         "eval_unit": (("epoch", "step"), "epoch"),
@@ -99,13 +102,17 @@ SCHEMA = {
         "drop_path_rate": ("float", 0.1, "[0,1)"),
         "drop_rate": ("float", 0.0, "[0,1)"),
         "init": (("deit", "plsc"), "deit"),             # ours: official DeiT init or PLSC's
-        # ours: the generic constructor (Model.name: VisionTransformer)
-        "img_size": ("int", 224, ">=1"),
-        "patch_size": ("int", 16, ">=1"),
-        "embed_dim": ("int", 768, ">=1"),
-        "depth": ("int", 12, ">=1"),
-        "num_heads": ("int", 12, ">=1"),
-        "mlp_ratio": ("float", 4.0, ">0"),
+        # the architecture: null takes Model.name's (VisionTransformer: ViT-B/16 at 224 px); set, a
+        # named model becomes a variant of it (PLSC refuses these for a named model)
+        "img_size": ("int?", None, ">=1"),
+        "patch_size": ("int?", None, ">=1"),
+        "embed_dim": ("int?", None, ">=1"),
+        "depth": ("int?", None, ">=1"),
+        "num_heads": ("int?", None, ">=1"),
+        "mlp_ratio": ("float?", None, ">0"),
+        "qkv_bias": ("bool", True),                     # PLSC's (its DeiT factories: True)
+        "epsilon": ("float", 1e-6, ">0"),               # PLSC's: the LayerNorms' epsilon
+        "attn_drop_rate": ("float", 0.0, "[0,1)"),      # PLSC's: dropout on the attention weights
     },
     "Loss": {"Train": {"*ops": LOSS_OPS}, "Eval": {"*ops": LOSS_OPS}},
     "LRScheduler": {
@@ -125,7 +132,8 @@ SCHEMA = {
         "no_weight_decay_name": ("strs", []),
         "use_master_param": ("bool", False),
         "exp_avg_force_fp32": ("bool", False),
-        "grad_clip": ("float", 0.0, ">=0"),             # ours: global-norm clip (0 = off)
+        "grad_clip": ("any", 0.0),                      # a global-norm clip (0 = off), or PLSC's
+                                                        # {name: ClipGradByGlobalNorm, clip_norm: N}
     },
     "EMA": {
         "decay": ("float", 0.0, "[0,1)"),               # 0 = off; official DeiT uses 0.99996

@@ -2,7 +2,7 @@
 
 A schema is plain data: a dict whose leaves are `(kind, default)` pairs, or `(kind, default,
 bound)` with a bound on numbers (each number of a list): ">=1", ">0", "[0,1)", "(0,1]"...
-Kinds: "int", "float", "bool", "str", "str?" (string or null), "float2" (a pair such as
+Kinds: "int", "float", "bool", "str", "str?" (string or null), "int?" / "float?" / "dict?" (or null), "float2" (a pair such as
 "(0.9, 0.999)"), "floats" / "ints" (lists of numbers), "size" (an int or [h, w]; "size?" may be
 null), "list" ("list?" may be null), "strs" (a list of strings), "any", or a tuple of allowed strings. A dict of the form `{"*": ...}` accepts
 any key. A section given as the string "ops" is a list of one-key dicts (`- CELoss: {weight:
@@ -213,11 +213,17 @@ def _validate_given(cfg: dict, schema: dict, where: str, path: str) -> dict:
 def _coerce(value, kind, label):
     if kind == "any" or (value is None and kind in ("str?", "any")):
         return value
+    if value is None and kind in ("int?", "float?", "dict?"):
+        return None
     try:
-        if kind == "int":
+        if kind in ("int", "int?"):
             return _as_int(value)
-        if kind == "float":
+        if kind in ("float", "float?"):
             return _as_float(value)
+        if kind == "dict?":
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError
+            return value
         if kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError
@@ -264,6 +270,8 @@ def _coerce(value, kind, label):
             return value
     except (ValueError, TypeError, SyntaxError, ZeroDivisionError, OverflowError):
         wanted = {"int": "an integer", "float": "a finite number", "bool": "true or false",
+                  "int?": "an integer or null", "float?": "a finite number or null",
+                  "dict?": "a mapping of names to values, or null",
                   "str": "a string", "str?": "a string or null", "float2": "a pair like (0.9, 0.999)",
                   "list": "a list", "list?": "a list or null", "strs": "a list of strings", "floats": "a list of numbers", "ints": "a list of integers",
                   "size": "an integer or [height, width]",

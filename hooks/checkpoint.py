@@ -37,7 +37,7 @@ class Interrupted(Exception):
 
 class Checkpoint(Hook):
     """Saves `epoch_{E}.pdckpt` (or `step_{N}.pdckpt`) every `interval` epochs or steps and
-    keeps the newest `keep` it wrote (0 = all); `best.pdparams` holds the weights with the best
+    keeps the newest `keep` it wrote (None = all); `best.pdparams` holds the weights with the best
     top-1 so far and `final.pdparams` the weights at the end. Rank 0 writes; others only count.
 
     `fixed` names config keys (dotted, or a section prefix) that a resumed run must not change,
@@ -48,11 +48,11 @@ class Checkpoint(Hook):
     priority = Priority.CHECKPOINT
 
     def __init__(self, run_dir: RunDirectory, model, optimizer=None, interval: int = 1,
-                 unit: str = "epoch", keep: int = 0, config: Optional[dict] = None,
+                 unit: str = "epoch", keep: Optional[int] = None, config: Optional[dict] = None,
                  world_size: int = 1, fixed: Sequence[str] = (), facts: Optional[dict] = None,
                  shape_problems: Callable = None, best_of: str = "eval", weights: Callable = None):
-        if interval < 1 or keep < 0:
-            raise ValueError(f"Checkpoint needs interval >= 1 and keep >= 0, got {interval}, {keep}")
+        if interval < 1 or (keep is not None and keep < 1):
+            raise ValueError(f"Checkpoint needs interval >= 1 and keep >= 1 (or None: all), got {interval}, {keep}")
         self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
         self.interval, self.unit, self.keep = interval, unit, keep
         self.config, self.world_size, self.fixed = config or {}, world_size, tuple(fixed)
@@ -145,7 +145,7 @@ class Checkpoint(Hook):
                               f"checkpoint with the weights files needs about "
                               f"{megabytes(checkpoint + best_and_final)}: make room or choose another "
                               f"-o Global.output_dir=...")
-        if self.keep and free < self.keep * checkpoint + best_and_final:
+        if self.keep is not None and free < self.keep * checkpoint + best_and_final:
             print(f"warning: {self.run_dir.path} has {megabytes(free)} free; keeping {self.keep} "
                   f"checkpoints of about {megabytes(checkpoint)} each may not fit")
 
@@ -240,7 +240,7 @@ class Checkpoint(Hook):
             self._write(checkpoint_state.capture(engine, self.model, self.optimizer, self.world_size,
                                                  self.config, self.facts, rng_ranks), name)
             self.run_dir.set_latest(name)
-        while self.keep and len(self.saved) > self.keep:
+        while self.keep is not None and len(self.saved) > self.keep:
             old = self.saved.pop(0)
             if self.run_dir.is_main:
                 self.run_dir.remove_checkpoint(old)

@@ -88,10 +88,9 @@ def test_a_worker_killed_on_its_own_is_one_line_naming_it(tiny_config, tmp_path)
     assert (out / "latest.txt").read_text().strip() == "step_2.pdckpt"
 
 
-@pytest.mark.slow
-def test_ranks_whose_launcher_was_killed_stop_with_a_checkpoint(tiny_config, tmp_path):
-    """SIGKILL to paddle.distributed.launch: its ranks trained on headless and held the run's
-    lock. They notice their new parent at the next report step, save and stop, together."""
+def _held_launch(tmp_path, tiny_config, *overrides):
+    """run.py under paddle.distributed.launch (2 gloo processes) in a session of its own, held
+    at the end of step 3 until tmp_path/go exists (tmp_path/at_step says it got there)."""
     import sys
     from tests.conftest import ROOT
     write_hooks(tmp_path)
@@ -100,10 +99,31 @@ def test_ranks_whose_launcher_was_killed_stop_with_a_checkpoint(tiny_config, tmp
             "--log_dir", str(tmp_path / "log"), os.path.join(ROOT, "run.py"), "-c", tiny_config,
             "-o", f"Global.output_dir={out}", "-o", "Global.epochs=3", "-o", "DataLoader.Train.sampler.batch_size=8",
             "-o", hooks_option(f"fault_hooks.HoldAt: {{step: 3, mark: '{mark}', go: '{go}'}}")]
+    for o in overrides:
+        args += ["-o", o]
     launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=environment(tmp_path, out), start_new_session=True)
+    _wait_for(mark, launcher)
+    return launcher, out, go
+
+
+def _kill_session(proc):
     try:
-        _wait_for(mark, launcher)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _launch_logs(tmp_path):
+    return "".join(p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*")))
+
+
+@pytest.mark.slow
+def test_ranks_whose_launcher_was_killed_stop_with_a_checkpoint(tiny_config, tmp_path):
+    """SIGKILL to paddle.distributed.launch: its ranks trained on headless and held the run's
+    lock. They notice their new parent at the next report step, save and stop, together."""
+    launcher, out, go = _held_launch(tmp_path, tiny_config)
+    try:
         ranks = _children(launcher.pid)
         launcher.kill()
         launcher.wait(timeout=30)
@@ -114,11 +134,8 @@ def test_ranks_whose_launcher_was_killed_stop_with_a_checkpoint(tiny_config, tmp
             assert time.time() < deadline, "the ranks kept running without their launcher"
             time.sleep(0.1)
     finally:
-        try:
-            os.killpg(launcher.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    logs = "".join(p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*")))
+        _kill_session(launcher)
+    logs = _launch_logs(tmp_path)
     assert "the launcher (pid" in logs and "is gone: stopping with every rank" in logs, logs[-3000:]
     assert "SIGTERM: saving" in logs
     latest = (out / "latest.txt").read_text().strip()
@@ -131,29 +148,14 @@ def test_ranks_whose_launcher_was_killed_stop_with_a_checkpoint(tiny_config, tmp
 @pytest.mark.slow
 def test_sigterm_to_a_two_process_launch_saves_at_the_step_end(tiny_config, tmp_path):
     """`scancel` or `timeout` signal the launcher, both ranks and their workers at once."""
-    import sys
-    from tests.conftest import ROOT
-    write_hooks(tmp_path)
-    out, mark, go = tmp_path / "run", tmp_path / "at_step", tmp_path / "go"
-    args = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--devices", "",
-            "--log_dir", str(tmp_path / "log"), os.path.join(ROOT, "run.py"), "-c", tiny_config,
-            "-o", f"Global.output_dir={out}", "-o", "Global.epochs=3", "-o", "DataLoader.Train.sampler.batch_size=8",
-            "-o", "DataLoader.Train.loader.num_workers=1",
-            "-o", hooks_option(f"fault_hooks.HoldAt: {{step: 3, mark: '{mark}', go: '{go}'}}")]
-    launcher = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=environment(tmp_path, out), start_new_session=True)
+    launcher, out, go = _held_launch(tmp_path, tiny_config, "DataLoader.Train.loader.num_workers=1")
     try:
-        _wait_for(mark, launcher)
-        time.sleep(0.5)  # both ranks in their hold (rank 1 a moment later); the test does not depend on it
         os.killpg(launcher.pid, signal.SIGTERM)
         go.touch()
         launcher.communicate(timeout=180)
     finally:
-        try:
-            os.killpg(launcher.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    logs = "".join(p.read_text() for p in sorted((tmp_path / "log").glob("workerlog.*")))
+        _kill_session(launcher)
+    logs = _launch_logs(tmp_path)
     assert "DataLoader process" not in logs and "Traceback" not in logs, logs[-3000:]
     # the ranks vote at report steps (every 2 here): the first after the signal is step 4
     assert "SIGTERM: stopping at the next report step, with every rank" in logs

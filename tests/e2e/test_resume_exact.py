@@ -15,8 +15,8 @@ from tests.faults import hooks_option, metrics_rows, run_cli, write_hooks
 
 # 120 images / batch 16 = 7 steps per epoch, 3 epochs, a report every 2 steps, eval each epoch
 COMMON = ("Global.epochs=3", "Model.drop_path_rate=0.2")
-EVERY_3_STEPS = ("Global.save_unit=step", "Global.save_interval=3", "Global.max_num_latest_checkpoint=0")
-EPOCH_ENDS = ("Global.save_unit=step", "Global.save_interval=7", "Global.max_num_latest_checkpoint=0")
+EVERY_3_STEPS = ("Global.save_unit=step", "Global.save_interval=3", "Global.max_num_latest_checkpoint=-1")
+EPOCH_ENDS = ("Global.save_unit=step", "Global.save_interval=7", "Global.max_num_latest_checkpoint=-1")
 EPOCHS = ("Global.save_unit=epoch", "Global.save_interval=1", "Global.max_num_latest_checkpoint=2")
 
 CUTS = {  # name: (save settings, fault hook, expected exit code of the interrupted run)

@@ -167,6 +167,9 @@ WRONG_TYPE = {
     "bool": ["maybe", 3, [True]], "str": [[1], {"a": 1}], "str?": [[1], {"a": 1}],
     "float2": ["abc", [1.0], [1.0, 2.0, 3.0]], "floats": ["abc", [], ["x"]], "ints": ["abc", [], [1.5]],
     "size": ["abc", [1, 2, 3], 1.5], "size?": ["abc", [1, 2, 3]], "list": ["abc", 3], "list?": ["abc", 3],
+    "int?": ["abc", 1.5, [1], {"a": 1}, True], "float?": ["abc", [1.0], {"a": 1}, True, ".nan"],
+    "dict?": ["abc", 3, [1]], "strs": ["abc", 3, [[1]], [1]],
+    "any": ["abc", True, [1], {"name": "ClipGradByValue"}, {"clip_norm": -1}],  # Optimizer.grad_clip's
 }
 
 
@@ -182,7 +185,7 @@ def _bad_values(leaf):
         else:
             low, high = (float(x) for x in b[1:-1].split(","))
             values += [low - 0.5, high + 0.5] + ([low] if b[0] == "(" else []) + ([high] if b[-1] == ")" else [])
-        if kind in ("int", "size", "size?", "ints"):
+        if kind in ("int", "size", "size?", "ints", "int?"):
             values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]
         if kind in ("floats", "ints", "float2"):
             values += [[v, v] for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -211,7 +214,7 @@ def test_every_number_in_the_schema_has_a_range(tiny_config):
     missing would go unnoticed there: this keeps every number bounded, or named above."""
     with open(tiny_config) as f:
         config = yaml.safe_load(f)
-    numeric = ("int", "float", "float2", "floats", "ints", "size", "size?")
+    numeric = ("int", "float", "float2", "floats", "ints", "size", "size?", "int?", "float?")
     missing = [key for key, leaf in _leaves(SCHEMA, config)
                if leaf[0] in numeric and len(leaf) < 3 and not _unbounded(key)]
     # every op's arguments, including ops the tiny config does not use
@@ -260,7 +263,7 @@ def test_every_key_refuses_every_listed_bad_value(tiny_config):
 def _outside(leaf):
     """A strategy of numbers just outside, or far outside, a leaf's bound."""
     kind, _, bound = leaf
-    integral = kind in ("int", "size", "size?", "ints")
+    integral = kind in ("int", "size", "size?", "ints", "int?")
     number = dict(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
     if bound.startswith(">"):
         limit, strict = float(bound.lstrip(">=")), not bound.startswith(">=")

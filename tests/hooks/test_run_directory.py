@@ -81,7 +81,7 @@ def test_a_checkpoint_with_missing_parts_is_one_line(tiny_config, tmp_path, caps
     assert err.count("\n") == 1 and "is not a complete checkpoint" in err and damage in err
 
 
-@pytest.mark.parametrize("override, key", [("Global.max_num_latest_checkpoint=-1", "max_num_latest_checkpoint"),
+@pytest.mark.parametrize("override, key", [("Global.max_num_latest_checkpoint=-2", "max_num_latest_checkpoint"),
                                            ("Global.save_interval=0", "save_interval")])
 def test_retention_and_interval_out_of_range_are_config_errors(tiny_config, tmp_path, capsys, override, key):
     """Case 2: -1 used to delete the checkpoint just written and end in an IndexError."""
@@ -231,7 +231,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_is_one_line_and_latest_still_names_a_complete_checkpoint(tiny_config, small_disk, tmp_path):
     write_hooks(tmp_path)
     out = small_disk / "run"
-    result = run_cli(tiny_config, out, "Global.epochs=4", "Global.max_num_latest_checkpoint=0", hooks_dir=tmp_path)
+    result = run_cli(tiny_config, out, "Global.epochs=4", "Global.max_num_latest_checkpoint=-1", hooks_dir=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot write ")
