@@ -1,4 +1,5 @@
 """The training loop: a step function, a data iterable, and hooks around them."""
+import warnings
 from typing import Any, Callable, Iterable, List, Optional
 
 import paddle
@@ -31,13 +32,23 @@ class Engine:
 
     # ---- registration -------------------------------------------------------------------
     def register(self, hook: Hook) -> Hook:
+        """Add `hook`. Hooks that keep state (override `state_dict`) need distinct `state_key()`s,
+        as each is saved under its key; stateless ones may be registered any number of times. A
+        stateful hook that runs after the checkpoint (priority above CHECKPOINT) gets a warning:
+        each checkpoint would hold its state from before the step's work."""
         if not isinstance(hook, Hook):
             raise TypeError(f"register() takes a Hook, got {type(hook).__name__}; "
                             f"use engine.on(event, fn) for plain functions")
-        keys = {h.state_key() for h in self._hooks}
-        if hook.state_key() in keys:
-            raise ValueError(f"two hooks share the state key {hook.state_key()!r}: "
-                             f"give one a distinct state_key() so both can be checkpointed")
+        if hook.keeps_state():
+            keys = {h.state_key() for h in self._hooks if h.keeps_state()}
+            if hook.state_key() in keys:
+                raise ValueError(f"two hooks share the state key {hook.state_key()!r}: "
+                                 f"give one a distinct state_key() so both can be checkpointed")
+            if hook.priority >= Priority.CHECKPOINT and not getattr(hook, "writes_checkpoints", False):
+                warnings.warn(f"{hook!r} keeps state but runs at or after the checkpoint (priority "
+                              f"{int(hook.priority)} >= {int(Priority.CHECKPOINT)} CHECKPOINT): a checkpoint "
+                              f"holds its state from before that step's work; give it a lower priority",
+                              stacklevel=2)
         self._hooks.append(hook)
         for event in Events:
             if hook.handles(event):
@@ -46,10 +57,27 @@ class Engine:
                                                key=lambda h: h.priority)
         return hook
 
-    def on(self, event: Events, fn: Callable[["Engine"], None], every: int = 1,
-           priority: int = Priority.NORMAL) -> Hook:
-        """Call `fn(engine)` on `event`; for iteration/epoch events only every `every`-th time."""
-        return self.register(FunctionHook(event, fn, every=every, priority=priority))
+    def on(self, event: Events, fn: Optional[Callable[["Engine"], None]] = None, every: int = 1,
+           once: Optional[int] = None, priority: int = Priority.NORMAL):
+        """Call `fn(engine)` on `event`: every `every`-th time (iteration and epoch events, counted
+        as the state counts them, so a resumed run keeps the rhythm), or only the `once`-th time.
+        Returns a handle whose `remove()` unregisters it. Without `fn`, a decorator (Ignite's
+        `@trainer.on(...)`) that registers the function and returns it unchanged."""
+        if fn is None:
+            def decorate(function):
+                self.on(event, function, every=every, once=once, priority=priority)
+                return function
+            return decorate
+        handle = self.register(FunctionHook(event, fn, every=every, once=once, priority=priority))
+        handle.engine = self
+        return handle
+
+    def remove(self, hook: Hook) -> None:
+        """Unregister `hook` (a no-op if it is not registered)."""
+        if hook in self._hooks:
+            self._hooks.remove(hook)
+            for event in Events:
+                self._dispatch[event] = [h for h in self._dispatch[event] if h is not hook]
 
     @property
     def hooks(self) -> List[Hook]:

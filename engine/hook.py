@@ -44,6 +44,10 @@ class Hook:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def keeps_state(self) -> bool:
+        """True when this hook's class overrides `state_dict`: it is checkpointed."""
+        return type(self).state_dict is not Hook.state_dict
+
     def handles(self, event: Events) -> bool:
         """True when this hook overrides the handler of `event`."""
         return getattr(type(self), event.value) is not getattr(Hook, event.value)
@@ -52,22 +56,43 @@ class Hook:
         return f"{type(self).__name__}(priority={shown_priority(self.priority)})"
 
 
-class FunctionHook(Hook):
-    """Adapts a plain `fn(engine)` registered with `Engine.on(event, fn, every=n)`."""
+_COUNTED = {Events.ITER_START: "iteration", Events.ITER_END: "iteration", Events.AFTER_BACKWARD: "iteration",
+            Events.EPOCH_START: "epoch", Events.EPOCH_END: "epoch"}
 
-    def __init__(self, event: Events, fn, every: int = 1, priority: int = Priority.NORMAL):
+
+class FunctionHook(Hook):
+    """Adapts a plain `fn(engine)` registered with `Engine.on(event, fn, every=n | once=n)`.
+    `every` counts iterations or epochs as the state does; other events (STARTED, EVAL_*,
+    COMPLETED...) have no such count, so `every` is refused there. `once=n` calls it at the
+    n-th firing only (counted by this handle)."""
+
+    def __init__(self, event: Events, fn, every: int = 1, once=None, priority: int = Priority.NORMAL):
+        event = Events(event)
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        self.event, self.fn, self.every, self.priority = Events(event), fn, every, priority
+        if every != 1 and event not in _COUNTED:
+            raise ValueError(f"every={every} needs an iteration or epoch event; {event.name} has no count "
+                             f"(use once=N for the N-th firing)")
+        if once is not None and (every != 1 or isinstance(once, bool) or not isinstance(once, int) or once < 1):
+            raise ValueError(f"once takes an integer >= 1 and no every, got once={once!r}, every={every}")
+        self.event, self.fn, self.every, self.once, self.priority = event, fn, every, once, priority
+        self.fired, self.engine = 0, None
         setattr(self, self.event.value, self._call)
 
     def _call(self, engine):
-        state = engine.state
-        count = {Events.ITER_START: state.iteration, Events.ITER_END: state.iteration,
-                 Events.AFTER_BACKWARD: state.iteration, Events.EPOCH_START: state.epoch,
-                 Events.EPOCH_END: state.epoch}.get(self.event)
-        if count is None or count % self.every == 0:
+        self.fired += 1
+        if self.once is not None:
+            if self.fired == self.once:
+                self.fn(engine)
+            return
+        counter = _COUNTED.get(self.event)
+        if counter is None or getattr(engine.state, counter) % self.every == 0:
             self.fn(engine)
+
+    def remove(self) -> None:
+        """Unregister this handler (Ignite's RemovableEventHandle)."""
+        if self.engine is not None:
+            self.engine.remove(self)
 
     def handles(self, event: Events) -> bool:
         return event == self.event
@@ -77,7 +102,8 @@ class FunctionHook(Hook):
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", repr(self.fn))
-        return f"{name}(every={self.every}, priority={shown_priority(self.priority)})"
+        when = f"once={self.once}" if self.once is not None else f"every={self.every}"
+        return f"{name}({when}, priority={shown_priority(self.priority)})"
 
 
 def shown_priority(priority) -> str:

@@ -46,6 +46,7 @@ class Checkpoint(Hook):
     gives what the .pdparams files hold (the model's state_dict unless told)."""
 
     priority = Priority.CHECKPOINT
+    writes_checkpoints = True  # its own state is settled before it saves (engine.register's check)
 
     def __init__(self, run_dir: RunDirectory, model, optimizer=None, interval: int = 1,
                  unit: str = "epoch", keep: Optional[int] = None, config: Optional[dict] = None,

@@ -102,11 +102,65 @@ def test_priority_orders_handlers_and_ties_keep_registration_order():
     assert "STARTED" in engine.describe() and "early" not in engine.describe().split("STARTED")[0]
 
 
-def test_duplicate_state_keys_are_an_error():
+class Counting(Recorder):
+    """A stateful hook: checkpointed under its key."""
+
+    def state_dict(self):
+        return {"n": len(self.log)}
+
+
+def test_duplicate_state_keys_of_stateful_hooks_are_an_error_stateless_ones_may_repeat():
     engine = Engine(_step, [0])
-    engine.register(Recorder([], key="same"))
+    engine.register(Counting([], key="same"))
     with pytest.raises(ValueError, match="same"):
-        engine.register(Recorder([], key="same"))
+        engine.register(Counting([], key="same"))
+    logs = [[], []]
+    for log in logs:  # two instances of a stateless hook, as a user registers a logger twice
+        engine.register(Recorder(log, key="stateless"))
+    engine.run()
+    assert logs[0] == logs[1] and logs[0]
+
+
+def test_on_as_a_decorator_with_every_and_once_and_handles_that_remove():
+    engine = Engine(_step, [0] * 3, max_epochs=2)
+    seen = {"every": [], "once": [], "removed": []}
+
+    @engine.on(Events.ITER_END, every=2)
+    def every_second(e):
+        seen["every"].append(e.state.iteration)
+
+    @engine.on(Events.ITER_END, once=4)
+    def fourth(e):
+        seen["once"].append(e.state.iteration)
+
+    handle = engine.on(Events.ITER_END, lambda e: seen["removed"].append(e.state.iteration))
+    engine.on(Events.ITER_END, lambda e: handle.remove() if e.state.iteration == 2 else None, priority=100)
+    every_second(engine)  # the decorator returns the function itself
+    engine.run()
+    assert seen["every"] == [0, 2, 4, 6] and seen["once"] == [4] and seen["removed"] == [1, 2]
+    assert "fourth(once=4" in engine.describe()
+
+
+def test_every_on_an_event_without_a_count_is_refused():
+    engine = Engine(_step, [0])
+    for event in (Events.STARTED, Events.EVAL_END, Events.COMPLETED):
+        with pytest.raises(ValueError, match=f"{event.name} has no count"):
+            engine.on(event, lambda e: None, every=2)
+    with pytest.raises(ValueError, match="once takes an integer"):
+        engine.on(Events.ITER_END, lambda e: None, once=0)
+
+
+def test_a_stateful_hook_after_the_checkpoint_is_warned_about():
+    from engine import Priority
+    engine = Engine(_step, [0])
+    for late in (Priority.CHECKPOINT, Priority.CHECKPOINT + 1):
+        with pytest.warns(UserWarning, match="keeps state but runs at or after the checkpoint"):
+            engine.register(Counting([], key=f"late {late}", priority=late))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine.register(Counting([], key="early", priority=Priority.CHECKPOINT - 1))
+        engine.register(Recorder([], key="stateless late", priority=Priority.CHECKPOINT + 5))
 
 
 def test_only_overridden_methods_are_dispatched():
