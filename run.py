@@ -320,11 +320,12 @@ def _evaluate(cfg) -> int:
         print(f"eval: top1={metrics['top1']:.6f} top5={metrics.get('top5', float('nan')):.6f} "
               f"loss={metrics['loss']:.6f} images={metrics['count']} devices={dist.world_size()} weights={weights} "
               f"backend={backend}")
-        table = Table(title=f"Evaluation of {weights} ({backend})")
-        for key in ("top1", "top5", "loss", "count"):
-            if key in metrics:
-                table.add_row(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))
-        Console().print(table)
+        if sys.stdout.isatty():  # the line above is for logs and scripts; the table for a person
+            table = Table(title=f"Evaluation of {weights} ({backend})")
+            for key in ("top1", "top5", "loss", "count"):
+                if key in metrics:
+                    table.add_row(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))
+            Console().print(table)
     return 0
 
 
