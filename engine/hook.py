@@ -42,7 +42,8 @@ class Hook:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """Called on resume, before STARTED fires (the run's first event): `started` sees the
+        restored state, and can tell a resumed run from a fresh one by what was loaded."""
 
     def keeps_state(self) -> bool:
         """True when this hook's class overrides `state_dict`: it is checkpointed."""
