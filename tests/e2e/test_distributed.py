@@ -170,7 +170,7 @@ def test_every_rank_resumes_its_own_random_streams(tiny_config, tmp_path):
     from tests.faults import HOOKS as FAULT_HOOKS
     (tmp_path / "dist_hooks.py").write_text(HOOKS)
     (tmp_path / "fault_hooks.py").write_text(FAULT_HOOKS)
-    common = ["-c", tiny_config, "-o", "Global.epochs=2", "-o", "Model.drop_path_rate=0.5",
+    common = ["-c", tiny_config, "-o", "Global.epochs=1", "-o", "Model.drop_path_rate=0.5",
               "-o", "Global.save_unit=step", "-o", "Global.save_interval=2",
               "-o", "DataLoader.Train.sampler.batch_size=8"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"

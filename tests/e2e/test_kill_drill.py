@@ -79,7 +79,7 @@ def _latest_step(out) -> int:
 def test_a_run_killed_again_and_again_ends_as_if_never_killed(tiny_config, tmp_path):
     """A checkpoint at every step, so kills land in saves; each resume continues the run."""
     write_hooks(tmp_path)
-    settings = ("Global.epochs=2", "Model.drop_path_rate=0.2", "Global.save_unit=step",
+    settings = ("Global.epochs=1", "Model.drop_path_rate=0.2", "Global.save_unit=step",
                 "Global.save_interval=1", "Global.max_num_latest_checkpoint=2")
     reference = run_cli(tiny_config, tmp_path / "ref", *settings, hooks_dir=tmp_path)
     assert reference.returncode == 0, reference.stderr
@@ -90,9 +90,9 @@ def test_a_run_killed_again_and_again_ends_as_if_never_killed(tiny_config, tmp_p
         proc = subprocess.Popen(command(tiny_config, out, *settings, "Global.checkpoint=auto"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env=environment(tmp_path, out))
-        # kill once the run has saved 1-3 more steps than it had (counted, not timed: the same
+        # kill once the run has saved 1-2 more steps than it had (counted, not timed: the same
         # on a fast or a loaded machine), so every attempt kills a run inside its saves
-        target = _latest_step(out) + rng.randint(1, 3)
+        target = _latest_step(out) + rng.randint(1, 2)
         deadline = time.time() + 120
         while _latest_step(out) < target and proc.poll() is None:
             assert time.time() < deadline
@@ -107,7 +107,7 @@ def test_a_run_killed_again_and_again_ends_as_if_never_killed(tiny_config, tmp_p
         assert latest == f"step_{ckpt['engine']['position']['iteration']}.pdckpt"
     final = run_cli(tiny_config, out, *settings, "Global.checkpoint=auto", hooks_dir=tmp_path)
     assert final.returncode == 0, final.stderr
-    assert kills >= 4  # 14 steps, at most 3 between kills
+    assert kills >= 3  # 7 steps, at most 2 between kills
     a = load_restricted(str(tmp_path / "ref" / "final.pdparams"), "ref")
     b = load_restricted(str(out / "final.pdparams"), "run")
     assert all(np.array_equal(a[k], b[k]) for k in a)
