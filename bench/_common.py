@@ -11,6 +11,9 @@ sys.path.insert(0, ROOT)
 DEIT_TINY = {"name": "DeiT_tiny_patch16_224", "class_num": 1000, "drop_path_rate": 0.1}
 
 
+ARCHITECTURE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
 def bench_config(model: dict, batch: int, output_dir: str, img_size: int = 32, **global_overrides) -> dict:
     """configs/demo.yaml with another model and batch; data is replaced by synthetic batches,
     but the transforms still crop to the model's `img_size` (the config is checked whole)."""
@@ -21,6 +24,8 @@ def bench_config(model: dict, batch: int, output_dir: str, img_size: int = 32, *
                  "DataLoader.Train.loader.num_workers=0",
                  f"DataLoader.Train.dataset.transform_ops.0.RandCropImage.size={img_size}"]
     overrides += [f"Model.{k}={v}" for k, v in model.items()]
+    if model.get("name", "VisionTransformer") != "VisionTransformer":  # demo.yaml's own sizes would
+        overrides += [f"Model.{k}=null" for k in ARCHITECTURE_KEYS if k not in model]  # make a variant
     overrides += [f"Global.{k}={v}" for k, v in global_overrides.items()]
     return load_config(os.path.join(ROOT, "configs", "demo.yaml"), overrides, SCHEMA)
 

@@ -75,13 +75,14 @@ def main():
     p.add_argument("--torch-python", default=sys.executable)
     args = p.parse_args()
     sys.path.insert(0, HERE)
-    from _common import reference_setup
+    from _common import ARCHITECTURE_KEYS, reference_setup
     from _common import TORCH_LIST_DATASET
     root, work, ours_only = reference_setup({"startup_hooks.py": OUR_HOOK,
                                              "timm_first_step.py": TIMM_SCRIPT.replace("LIST_DATASET", TORCH_LIST_DATASET)})
     ours_cmd = [sys.executable, os.path.join(ROOT, "run.py"), "-c", "configs/demo.yaml",
                 "-o", f"Global.output_dir={os.path.join(work, 'out')}", "-o", "Global.checkpoint=null",
                 "-o", "Model.name=DeiT_tiny_patch16_224", "-o", "Model.drop_path_rate=0.1",
+                *[x for k in ARCHITECTURE_KEYS for x in ("-o", f"Model.{k}=null")],  # not demo.yaml's sizes
                 "-o", "DataLoader.Train.sampler.batch_size=32",
                 "-o", "DataLoader.Train.dataset.transform_ops.0.RandCropImage.size=224",
                 "-o", "DataLoader.Eval.dataset.transform_ops.0.ResizeImage.resize_short=256",
