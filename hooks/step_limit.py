@@ -12,6 +12,10 @@ class StepLimit(Hook):
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self.max_steps = max_steps
 
+    def started(self, engine):  # a run resumed at or past the limit trains no further step
+        if engine.state.iteration >= self.max_steps:
+            engine.terminate()
+
     def iter_end(self, engine):
         if engine.state.iteration >= self.max_steps and not engine.state.should_stop:
             if dist.is_main():

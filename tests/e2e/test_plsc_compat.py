@@ -117,3 +117,16 @@ def test_a_flag_paddle_does_not_have_is_one_line(tiny_config, tmp_path, capsys):
     assert run.main(["-c", tiny_config, "-o", "Global.flags={FLAGS_no_such_thing: 1}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Global.flags:") and "FLAGS_no_such_thing" in err and err.count("\n") == 1
+
+
+def test_max_train_step_stops_and_a_resume_at_the_limit_trains_no_further(tiny_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["-c", tiny_config, "-o", "Global.max_train_step=5", "-o", "Global.save_unit=step", "-o",
+            "Global.save_interval=5", "-o", "Global.max_num_latest_checkpoint=-1"]
+    assert run.main(args) == 0
+    assert "done: epochs 1, steps 5," in capsys.readouterr().out
+    assert sorted(n for n in os.listdir(out) if n.endswith(".pdckpt")) == ["step_5.pdckpt"]
+    assert (out / "final.pdparams").exists()
+    assert run.main(args + ["-o", "Global.checkpoint=auto"]) == 0
+    assert sorted(n for n in os.listdir(out) if n.endswith(".pdckpt")) == ["step_5.pdckpt"]
+    assert "steps 5," in capsys.readouterr().out
