@@ -9,6 +9,7 @@ import paddle
 import paddle.distributed as dist
 
 from .errors import UserError
+from .launch import connect_timeout
 
 
 class StartupFailed(UserError):
@@ -64,7 +65,7 @@ def init_if_launched() -> None:
     master = os.environ.get("PADDLE_MASTER") or os.environ.get("PADDLE_TRAINER_ENDPOINTS", "?").split(",")[0]
     waiting_for = (f"ranks 1..{world - 1} to connect to it at {master}" if me == 0 else
                    f"rank 0 (the master) at {master}")
-    limit = float(os.environ.get("DEIT_CONNECT_TIMEOUT", "900"))
+    limit = connect_timeout()
     text = (f"rank {me} of {world} waited {{waited:.0f}} s for {waiting_for}; giving up "
             f"(DEIT_CONNECT_TIMEOUT={limit:g}): check that every node started the launch (their "
             f"workerlog.N) and can reach {master}")

@@ -15,6 +15,12 @@ import sys
 import time
 from typing import List, Sequence
 
+CONNECT_TIMEOUT_S = 900  # how long a launch waits for every node to join (DEIT_CONNECT_TIMEOUT)
+
+
+def connect_timeout() -> float:
+    return float(os.environ.get("DEIT_CONNECT_TIMEOUT", str(CONNECT_TIMEOUT_S)))
+
 
 def _option(args: Sequence[str], name: str, default=None):
     for i, arg in enumerate(args):
@@ -30,7 +36,7 @@ def _workers_started(log_dir: str, since: float) -> bool:
 
 
 def supervised_launch(launch_args: List[str], script: str, script_args: List[str], poll_s: float = 0.5) -> int:
-    limit = float(os.environ.get("DEIT_CONNECT_TIMEOUT", "900"))
+    limit = connect_timeout()
     log_dir = _option(launch_args, "--log_dir", "log")
     nodes, master = _option(launch_args, "--nnodes", "1"), _option(launch_args, "--master", "?")
     node_rank = _option(launch_args, "--rank")

@@ -20,6 +20,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
 # what Pillow raises for a file it will not decode: truncated or foreign data (OSError,
 # ValueError, SyntaxError, EOFError), or more pixels than Image.MAX_IMAGE_PIXELS allows
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+FATAL_BYTES = 2048  # room for a worker's one-line DataError in shared memory
 
 
 class ImageDataset:
@@ -33,7 +34,7 @@ class ImageDataset:
         self.max_bad_fraction = max_bad_fraction
         self.bad_files: set = set()                       # this process's, to log each once
         self._bad_count = multiprocessing.Value("i", 0)   # shared with the loader's workers
-        self._fatal = multiprocessing.Array("c", 2048)    # a worker's DataError, for the parent
+        self._fatal = multiprocessing.Array("c", FATAL_BYTES)  # a worker's DataError, for the parent
 
     @property
     def bad_count(self) -> int:
@@ -76,7 +77,7 @@ class ImageDataset:
             message = (f"{self.bad_count} unreadable images (more than {self.max_bad_fraction:.1%} "
                        f"of {len(self.samples)}), the latest {path}; fix the dataset or raise "
                        f"DataLoader.*.dataset.max_bad_fraction")
-            self._fatal.value = message.encode("utf-8")[:2047]
+            self._fatal.value = message.encode("utf-8")[:FATAL_BYTES - 1]  # and its NUL
             raise DataError(message)
         return int(rng.integers(len(self.samples)))
 

@@ -11,6 +11,7 @@ import paddle
 from ..errors import DataError
 
 
+WORKER_TIMEOUT_S = 600  # a batch a worker has not delivered in 10 minutes is a hung worker
 MIX_STREAM = 0x6D6978  # "mix": keeps the batch transform's seeds apart from the samples' seeds
 
 
@@ -74,7 +75,7 @@ class Loader:
             use_shared_memory=use_shared_memory, collate_fn=collate, return_list=True,
             persistent_workers=num_workers > 0,  # no worker start-up stall at every epoch
             worker_init_fn=_worker_init if num_workers > 0 else None,
-            timeout=0 if num_workers == 0 else 600)
+            timeout=0 if num_workers == 0 else WORKER_TIMEOUT_S)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.batch_sampler.set_epoch(epoch, start_batch)
