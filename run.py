@@ -167,13 +167,14 @@ def _run(cfg, training, run_dir, resumed, summary) -> int:
     from deit.errors import UserError as DeitUserError
     from engine.errors import UserError
     from deit.build import describe_world_change
+    from hooks import kinds
     from hooks.checkpoint import Interrupted
     engine, state = training.engine, training.engine.state
-    drift = state.reports.latest("resume") if resumed else None
+    drift = state.reports.latest(kinds.RESUME) if resumed else None
     elastic_text = None
     if drift and drift["world_size"][0] != drift["world_size"][1]:
         elastic_text, fields = describe_world_change(cfg, training, drift["world_size"][0])
-        state.reports.put("resume/elastic", fields)  # joins the resume row of metrics.jsonl
+        state.reports.put(kinds.ELASTIC, fields)  # joins the resume row of metrics.jsonl
     complete = bool(resumed) and state.epoch >= state.max_epochs and state.epoch_ended
     if dist.is_main():
         print(summary, flush=True)

@@ -24,6 +24,7 @@ import paddle
 
 from engine import Engine, Events, Hook, dist
 from engine.serialization import load_restricted, non_float_arrays
+from hooks import kinds
 from hooks.checkpoint import Checkpoint, read_checkpoint
 from hooks.data_health import DataHealth
 from hooks.data_position import DataPosition
@@ -484,7 +485,7 @@ def build_training(cfg):
     checkpoint = Checkpoint(run_dir, model, optimizer, g["save_interval"], g["save_unit"],
                             checkpoints_kept(g["max_num_latest_checkpoint"]), config=cfg, world_size=dist.world_size(),
                             fixed=RESUME_FIXED, shape_problems=shape_problems,
-                            facts={"training images": len(train_loader.dataset)}, best_of="eval",
+                            facts={"training images": len(train_loader.dataset)}, best_of=kinds.EVAL,
                             weights=partial(fp32_weights, model, optimizer))
     hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule.at), checkpoint,
               DataPosition(train_loader),
@@ -502,7 +503,7 @@ def build_training(cfg):
         ema_model = use_cpu_speed_paths(build_model(cfg["Model"]), cfg, kernels)  # its evaluation gains
         hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"], weights=trained_weights))
         if evaluation is not None and ema["eval_with_ema"]:
-            hooks.append(evaluate(partial(evaluation, ema_model), name="eval_ema"))
+            hooks.append(evaluate(partial(evaluation, ema_model), name=kinds.EVAL_EMA))
     if g["max_train_step"]:
         hooks.append(StepLimit(g["max_train_step"]))
     hooks += [import_hook(name, kwargs, f"Hooks.{i}") for i, entry in enumerate(cfg["Hooks"])

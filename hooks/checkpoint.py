@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import yaml
 
 from engine import Hook, Priority, dist
+
 from engine.config import differences
 from engine.errors import CheckpointError, WriteFailed
 from engine.files import megabytes
@@ -24,6 +25,7 @@ from engine.serialization import dump, load_restricted, nbytes, to_plain
 
 from . import checkpoint_state
 from .run_directory import CHECKPOINT, RunDirectory
+from . import kinds
 
 
 class Interrupted(Exception):
@@ -51,7 +53,7 @@ class Checkpoint(Hook):
     def __init__(self, run_dir: RunDirectory, model, optimizer=None, interval: int = 1,
                  unit: str = "epoch", keep: Optional[int] = None, config: Optional[dict] = None,
                  world_size: int = 1, fixed: Sequence[str] = (), facts: Optional[dict] = None,
-                 shape_problems: Callable = None, best_of: str = "eval", weights: Callable = None):
+                 shape_problems: Callable = None, best_of: str = kinds.EVAL, weights: Callable = None):
         if interval < 1 or (keep is not None and keep < 1):
             raise ValueError(f"Checkpoint needs interval >= 1 and keep >= 1 (or None: all), got {interval}, {keep}")
         self.run_dir, self.model, self.optimizer = run_dir, model, optimizer
@@ -90,7 +92,7 @@ class Checkpoint(Hook):
         if changes or worlds[0] != worlds[1]:  # run.py prints them once train.log is open; metrics.jsonl records them
             counters = engine.state.counters()  # the data has no plan for the resumed epoch yet:
             counters["epochs_done"] = ckpt.get("epochs_done", counters["epochs_done"])  # the writer's
-            engine.state.reports.put("resume", {
+            engine.state.reports.put(kinds.RESUME, {
                 "event": "resume", **counters, "from": path,
                 "changes": {k: [old, new] for k, old, new in changes}, "world_size": worlds})
         return path
@@ -184,7 +186,7 @@ class Checkpoint(Hook):
         per step), and stop together if any rank was signalled or lost its launcher."""
         if self.world_size == 1:
             return self._signal is not None
-        if not at_epoch_end and engine.state.reports.fresh("train") is None:
+        if not at_epoch_end and engine.state.reports.fresh(kinds.TRAIN) is None:
             return False
         orphaned = self._launcher is not None and os.getppid() != self._launcher
         if orphaned and self._signal is None:

@@ -3,6 +3,8 @@
 Takes any dataset with a `bad_count` (files skipped so far over all worker processes); puts
 {"skipped_files"} as "data_health" in `state.reports`."""
 from engine import Hook, Priority, dist
+from . import kinds
+
 
 
 class DataHealth(Hook):
@@ -13,7 +15,7 @@ class DataHealth(Hook):
 
     def epoch_end(self, engine):
         count = self.dataset.bad_count
-        engine.state.reports.put("data_health", {"skipped_files": count})
+        engine.state.reports.put(kinds.DATA_HEALTH, {"skipped_files": count})
         if count > self.reported and dist.is_main():
             print(f"warning: {count} unreadable training images skipped so far (replaced by "
                   f"other samples; their paths are in the warnings above)", flush=True)

@@ -6,7 +6,9 @@ so a run resumed on another number of processes trains the rest of that epoch ex
 The engine's own position (epoch, step) is saved by the engine; this adds the samples.
 """
 from engine import Hook, Priority
+
 from engine.errors import CheckpointError
+from . import kinds
 
 
 class DataPosition(Hook):
@@ -19,7 +21,7 @@ class DataPosition(Hook):
         """A checkpoint without a position (written before positions were kept) can continue
         mid-epoch only on its own number of processes: refuse before anything is trained."""
         self.state = state = engine.state
-        resume = state.reports.latest("resume")
+        resume = state.reports.latest(kinds.RESUME)
         worlds = resume.get("world_size") if resume else None
         if worlds and worlds[0] != worlds[1] and not self.loaded and not state.epoch_ended and state.epoch_iter:
             raise CheckpointError(

@@ -9,13 +9,14 @@ import time
 from typing import Callable, Optional
 
 from engine import EvalProgress, Events, Hook, Priority
+from . import kinds
 
 
 class Evaluate(Hook):
     priority = Priority.EVALUATE
 
     def __init__(self, evaluate: Callable[[Callable[[], None]], dict], interval: int = 1, unit: str = "epoch",
-                 name: str = "eval", batches: Optional[int] = None):
+                 name: str = kinds.EVAL, batches: Optional[int] = None):
         self.evaluate_fn, self.interval, self.unit, self.name = evaluate, interval, unit, name
         self.batches = batches
         self.best_top1, self.best_epoch = -1.0, 0

@@ -8,6 +8,8 @@ it happens only at report steps) and `state_dict()` / `load_state_dict()`. Puts
 of the train report.
 """
 from engine import Hook, Priority, dist
+from . import kinds
+
 
 
 class GradScaler(Hook):
@@ -19,7 +21,7 @@ class GradScaler(Hook):
 
     def iter_end(self, engine):
         state = engine.state
-        if state.reports.fresh("train") is None:
+        if state.reports.fresh(kinds.TRAIN) is None:
             return
         skipped, scale, iteration = self.scaler.skipped_steps, self.scaler.loss_scale, state.iteration
         in_window, steps = skipped - self.window_skipped, iteration - self.window_start
@@ -32,7 +34,7 @@ class GradScaler(Hook):
                 f"resume from an earlier checkpoint")
             if dist.is_main():
                 print(f"warning: {part['warning']}", flush=True)
-        state.reports.put("train/loss_scale", part)
+        state.reports.put(kinds.LOSS_SCALE, part)
         self.window_skipped, self.window_start = skipped, iteration
 
     def state_dict(self):

@@ -1,5 +1,7 @@
 """Sets the optimizer's learning rate before every step from a pure function of progress."""
 from engine import Hook, Priority
+from . import kinds
+
 
 
 class LRSchedule(Hook):
@@ -17,4 +19,4 @@ class LRSchedule(Hook):
         state = engine.state
         lr = self.schedule(state.epochs_done(state.epoch_iter - 1))
         self.optimizer.set_lr(lr)
-        engine.state.reports.put("lr", {"lr": lr})
+        engine.state.reports.put(kinds.LR, {"lr": lr})

@@ -10,7 +10,9 @@ import json
 import os
 
 from engine import Hook, Priority, dist
+
 from engine.files import write_failed
+from . import kinds
 
 
 class MetricsLog(Hook):
@@ -29,7 +31,7 @@ class MetricsLog(Hook):
             self.file = self._open()
         except OSError as exc:
             raise write_failed(self.path, exc) from None
-        self._write(engine.state.reports.fresh("resume", with_parts=True))  # what changed at a resume, if anything
+        self._write(engine.state.reports.fresh(kinds.RESUME, with_parts=True))  # what changed at a resume, if anything
 
     def _open(self):
         if self.resume_at is None:
@@ -52,7 +54,12 @@ class MetricsLog(Hook):
                 raise write_failed(self.path, exc) from None
 
     def iter_end(self, engine):
-        self._write(engine.state.reports.fresh("train", with_parts=True))
+        self._write(engine.state.reports.fresh(kinds.TRAIN, with_parts=True))
+
+    def epoch_end(self, engine):  # DataHealth's count, as a row once any image was skipped
+        health = engine.state.reports.fresh(kinds.DATA_HEALTH)
+        if health is not None and health["skipped_files"]:
+            self._write({"event": kinds.DATA_HEALTH, **engine.state.counters(), **health})
 
     def eval_end(self, engine):
         state = engine.state

@@ -9,6 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgres
 from rich.table import Table
 
 from engine import Hook, Priority, dist
+from . import kinds
+
 
 
 def _fmt(value, spec):
@@ -90,7 +92,7 @@ class Progress(Hook):
         return bar
 
     def iter_end(self, engine):
-        record = engine.state.reports.fresh("train")
+        record = engine.state.reports.fresh(kinds.TRAIN)
         if self.mode == "rich":
             info = _train_text(record) if record else None
             self.bar.update(self.task, completed=engine.state.epoch_iter,
@@ -124,7 +126,7 @@ class Progress(Hook):
         if self.mode == "off":
             return
         state = engine.state
-        ev, tr = state.reports.latest("eval") or {}, state.reports.latest("train") or {}
+        ev, tr = state.reports.latest(kinds.EVAL) or {}, state.reports.latest(kinds.TRAIN) or {}
         summary = {"epochs": str(state.epoch), "steps": str(state.iteration),
                    "time": f"{time.perf_counter() - self.start_time:.1f} s",
                    "train img/s": _fmt(tr.get("img_per_s_run"), ".1f")}

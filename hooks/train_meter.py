@@ -9,6 +9,8 @@ left out of the speed figures. Each report is put as "train" in `state.reports`.
 import time
 
 from engine import Hook, Priority, dist
+from . import kinds
+
 
 
 class TrainMeter(Hook):
@@ -55,7 +57,7 @@ class TrainMeter(Hook):
             self.step_time += now - self.step_start
             self.timed_steps += 1
         if report:
-            state.reports.put("train", self._record(state, loss_total))
+            state.reports.put(kinds.TRAIN, self._record(state, loss_total))
             self._reset_window()
         self.last_end = time.perf_counter()
 
@@ -64,7 +66,7 @@ class TrainMeter(Hook):
         self.run_images, self.run_busy = self.run_images + self.images, self.run_busy + busy
         per_step = busy / self.timed_steps if self.timed_steps else None
         remaining = (state.max_iterations or state.iteration) - state.iteration
-        lr = state.reports.latest("lr")
+        lr = state.reports.latest(kinds.LR)
         return {
             "event": "train", **state.counters(),
             "loss": loss_total / self.loss_count,

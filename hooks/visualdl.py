@@ -5,7 +5,9 @@ report; {eval,eval_ema}/top1, top5 and loss at each evaluation; the x axis is th
 step. `visualdl --logdir OUTPUT_DIR/vdl` shows them.
 """
 from engine import Hook, Priority, dist
+
 from engine.errors import UserError
+from . import kinds
 
 
 class VisualDL(Hook):
@@ -25,7 +27,7 @@ class VisualDL(Hook):
             self.writer = self._writer_class(logdir=self.logdir)
 
     def iter_end(self, engine):
-        record = engine.state.reports.fresh("train", with_parts=True)
+        record = engine.state.reports.fresh(kinds.TRAIN, with_parts=True)
         if self.writer is None or record is None:
             return
         for key in ("loss", "lr", "img_per_s", "loss_scale"):

@@ -229,3 +229,23 @@ def test_a_checkpoint_that_cannot_be_written_says_what_to_fix(tmp_path, monkeypa
     assert os.strerror(code) in message and "latest.txt still names epoch_1.pdckpt" in message
     assert (fix == "make room") == ("make room" in message)
     assert (fix == "writable") == (f"make {tmp_path} writable" in message)
+
+
+def test_skipped_images_reach_metrics_jsonl_as_a_data_health_row(tmp_path):
+    """DataHealth's count was put and never read; MetricsLog now writes it once any was skipped."""
+    import json
+    from hooks.data_health import DataHealth
+    from hooks.metrics_log import MetricsLog
+
+    class Dataset:
+        bad_count = 0
+
+    dataset = Dataset()
+    engine = Engine(_loss_step, list(range(7)), max_epochs=2)
+    engine.on(Events.EPOCH_START, lambda e: setattr(dataset, "bad_count", 3 * (e.state.epoch - 1)))
+    for hook in (TrainMeter(every=7), DataHealth(dataset), MetricsLog(str(tmp_path / "m.jsonl"))):
+        engine.register(hook)
+    engine.run()
+    rows = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
+    health = [r for r in rows if r["event"] == "data_health"]
+    assert [(r["epoch"], r["skipped_files"]) for r in health] == [(2, 3)]  # none in epoch 1: no row

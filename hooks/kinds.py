@@ -1,0 +1,36 @@
+"""The kinds of record hooks put in `engine.state.reports`, in one place: who writes each, who
+reads it, and its fields. grep a name to find every writer and reader.
+
+Kind names are data (they are metrics.jsonl's `event` values), so they stay strings; these
+constants keep them spelled once.
+"""
+
+# TrainMeter, every `print_batch_step` steps and at an epoch's end:
+#   counters (epoch, iteration, epoch_iter, epochs_done), loss, lr, img_per_s,
+#   img_per_s_per_device, img_per_s_run, data_fraction, step_time, eta_s.
+# Read by GradScaler, MetricsLog, VisualDL, Progress, Checkpoint (report steps).
+TRAIN = "train"
+
+# GradScaler, a part of TRAIN (merged by `fresh(TRAIN, with_parts=True)`):
+#   loss_scale, skipped_steps, skipped_in_window[, warning].
+LOSS_SCALE = TRAIN + "/loss_scale"
+
+# LRSchedule, every step: lr. Read by TrainMeter.
+LR = "lr"
+
+# Checkpoint, once at a resume that changed something: counters, from, changes, world_size.
+# Read by MetricsLog (its row), DataPosition, run.py (the printed drift).
+RESUME = "resume"
+
+# run.py, a part of RESUME after an elastic resume: global_batch, steps_per_epoch, lr.
+ELASTIC = RESUME + "/elastic"
+
+# Evaluate, after each evaluation, under its name (EVAL, or EVAL_EMA for the EMA model):
+#   counters, top1, top5, loss, count, best_top1, best_epoch, is_best, eval_time.
+# Read by Checkpoint (best.pdparams), MetricsLog, VisualDL, Progress.
+EVAL = "eval"
+EVAL_EMA = "eval_ema"
+
+# DataHealth, at every epoch's end: skipped_files (unreadable images so far, all workers).
+# Read by MetricsLog, which writes a row when any were skipped.
+DATA_HEALTH = "data_health"
