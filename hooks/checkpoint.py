@@ -93,7 +93,7 @@ class Checkpoint(Hook):
             counters = engine.state.counters()  # the data has no plan for the resumed epoch yet:
             counters["epochs_done"] = ckpt.get("epochs_done", counters["epochs_done"])  # the writer's
             engine.state.reports.put(kinds.RESUME, {
-                "event": "resume", **counters, "from": path,
+                "event": kinds.RESUME, **counters, "from": path,
                 "changes": {k: [old, new] for k, old, new in changes}, "world_size": worlds})
         return path
 

@@ -68,7 +68,7 @@ class TrainMeter(Hook):
         remaining = (state.max_iterations or state.iteration) - state.iteration
         lr = state.reports.latest(kinds.LR)
         return {
-            "event": "train", **state.counters(),
+            "event": kinds.TRAIN, **state.counters(),
             "loss": loss_total / self.loss_count,
             "lr": lr["lr"] if lr else None,
             "img_per_s": self.images * dist.world_size() / busy if busy and self.images else None,
