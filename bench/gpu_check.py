@@ -82,7 +82,7 @@ def attention_kernels_seen():
 def precision_rows(args, device_name):
     import numpy as np
     import paddle
-    from bench._common import SyntheticBatches, bench_config
+    from _common import SyntheticBatches, bench_config
     from deit.build import build_model, build_precision, setup_runtime
     from deit.errors import SetupError
     from deit.flops import model_macs
