@@ -169,7 +169,7 @@ def check_low_precision_support(cfg) -> None:
                              f"if it has that, or -o FP16.level=O0")
         return
     warnings.filterwarnings("ignore", message="amp_guard can only be enabled")
-    if amp["level"] == "O2" and amp["cast_on_cpu"]:
+    if cast_on_cpu(cfg):
         if cfg["Optimizer"]["grad_clip"]:
             raise SetupError("FP16.cast_on_cpu: Optimizer.grad_clip needs squared_l2_norm, which Paddle's "
                              "CPU build has no float16/bfloat16 kernel for: set Optimizer.grad_clip=0 here")

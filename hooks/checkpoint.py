@@ -18,7 +18,7 @@ import yaml
 
 from engine import Hook, Priority, dist
 
-from engine.config import differences
+from engine.config import ConfigError, differences, read_yaml
 from engine.errors import CheckpointError, WriteFailed
 from engine.files import megabytes
 from engine.serialization import dump, load_restricted, nbytes, to_plain
@@ -100,10 +100,10 @@ class Checkpoint(Hook):
     def _same_config_as_here(self) -> bool:
         """The run directory's config.yaml is this run's: none of the `fixed` keys (the model,
         the data, the seed) differ, the changes a resume would accept too."""
-        try:
+        try:  # the bounded reader the config itself went through: this file is on disk, not ours yet
             with open(self.run_dir.file("config.yaml"), encoding="utf-8") as f:
-                here = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+                here = read_yaml(f.read(), "config.yaml")
+        except (OSError, yaml.YAMLError, UnicodeDecodeError, ConfigError):
             return False
         return isinstance(here, dict) and not self._fixed_changes(differences(here, self.config))
 
