@@ -8,6 +8,7 @@ layout change is that Linear weights are [out, in] in torch and [in, out] in Pad
 `*.weight` tensors are transposed and nothing else is (conv kernels, norms, tokens keep theirs).
 """
 import argparse
+import contextlib
 import os
 import sys
 
@@ -25,10 +26,23 @@ def read_safetensors(path: str) -> dict:
             return load_file(path)
         except TypeError:  # "data type 'bfloat16' not understood"
             from safetensors import safe_open
-            with safe_open(path, framework="paddle") as f:
+            with stride_kernels(), safe_open(path, framework="paddle") as f:
                 return {k: f.get_tensor(k).astype("float32").numpy() for k in f.keys()}
     except SafetensorError as exc:
         raise CheckpointError(f"{path}: not a safetensors file, or truncated ({exc})") from None
+
+
+@contextlib.contextmanager
+def stride_kernels():
+    """The library's Paddle backend reinterprets bytes with `paddle.view`, which has only a
+    strided kernel; a CPU training process turns those off (deit/build/runtime.py)."""
+    import paddle
+    before = paddle.get_flags("FLAGS_use_stride_kernel")["FLAGS_use_stride_kernel"]
+    paddle.set_flags({"FLAGS_use_stride_kernel": True})
+    try:
+        yield
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": before})
 
 
 def read_torch(path: str) -> dict:

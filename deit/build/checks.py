@@ -5,7 +5,7 @@ Each failure is a SetupError naming every key involved, so the user knows which 
 import numpy as np
 from PIL import Image
 
-from .errors import SetupError
+from ..errors import SetupError
 
 
 def check_config(cfg, architecture: dict) -> None:

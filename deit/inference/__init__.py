@@ -1,0 +1,1 @@
+"""Running a trained model: eager or Paddle Inference runners, --predict, --export."""
