@@ -48,7 +48,7 @@ def _set_threads(config_path, overrides) -> bool:
     loader workers would oversubscribe the machine). Returns whether it tuned the CPU."""
     if _early_setting(config_path, overrides, "device", "cpu") != "cpu":
         return False
-    from deit.cpu_env import configure_cpu_math
+    from deit.cpu.env import configure_cpu_math
     wanted = _early_setting(config_path, overrides, "num_threads", 0)
     configure_cpu_math(int(wanted) if wanted.isdigit() else 0)
     return True
@@ -122,10 +122,9 @@ def _main(argv, force_eval: bool) -> int:
               f"pip install paddlepaddle (or this package's [cpu] extra), or for GPUs the "
               f"paddlepaddle-gpu wheel built for your CUDA version", file=sys.stderr)
         return 2
-    from engine.config import ConfigError, load_config
-    from engine.errors import UserError as EngineUserError
-    from deit.errors import UserError
-    from deit.schema import SCHEMA
+    from engine.config import load_config
+    from engine.errors import UserError
+    from deit.build.schema import SCHEMA
     try:
         cfg = load_config(args.config, args.override, SCHEMA)
         if args.eval or force_eval:
@@ -135,7 +134,7 @@ def _main(argv, force_eval: bool) -> int:
         if args.predict:
             return _predict(cfg)
         return _train(cfg, args.dry_run)
-    except (ConfigError, UserError, EngineUserError) as exc:
+    except UserError as exc:  # ConfigError, SetupError, DataError, CheckpointError...
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -145,46 +144,37 @@ def eval_main(argv=None) -> int:
 
 
 def _train(cfg, dry_run: bool) -> int:
-    from deit.build import build_training, describe_run
+    from deit.build.summary import describe_run
+    from deit.build.training import build_training
     from engine import dist
     training = build_training(cfg)
-    engine, checkpoint = training.engine, training.checkpoint
     summary = describe_run(cfg, training) if dist.is_main() else ""
     if dry_run:
         print(summary)
-        print(engine.describe())
+        print(training.engine.describe())
         return 0
-    run_dir = checkpoint.run_dir
-    with run_dir:  # rank 0 holds output_dir/run.lock until the run ends
-        resumed = dist.agreed(lambda: _start(checkpoint, engine, cfg["Global"]["checkpoint"]))
-        with run_dir.logging_output(" ".join(sys.argv)):  # from here on, rank 0 prints to train.log too
-            return _run(cfg, training, run_dir, resumed, summary)
+    with training.run_dir:  # rank 0 holds output_dir/run.lock until the run ends
+        resumed = dist.agreed(lambda: _start(training, cfg["Global"]["checkpoint"]))
+        with training.train_log.copying_output(" ".join(sys.argv)):  # from here on, rank 0 prints to train.log too
+            return _run(cfg, training, resumed, summary)
 
 
-def _run(cfg, training, run_dir, resumed, summary) -> int:
+def _run(cfg, training, resumed, summary) -> int:
     import yaml
     from engine import dist
-    from deit.errors import UserError as DeitUserError
     from engine.errors import UserError
-    from deit.build import describe_world_change
-    from hooks import kinds
-    from hooks.checkpoint import Interrupted
-    engine, state = training.engine, training.engine.state
-    drift = state.reports.latest(kinds.RESUME) if resumed else None
-    elastic_text = None
-    if drift and drift["world_size"][0] != drift["world_size"][1]:
-        elastic_text, fields = describe_world_change(cfg, training, drift["world_size"][0])
-        state.reports.put(kinds.ELASTIC, fields)  # joins the resume row of metrics.jsonl
-    complete = bool(resumed) and state.epoch >= state.max_epochs and state.epoch_ended
+    from hooks.stop_on_signal import Interrupted
+    engine, state, run_dir = training.engine, training.engine.state, training.run_dir
+    complete = resumed is not None and state.epoch >= state.max_epochs and state.epoch_ended
     if dist.is_main():
         print(summary, flush=True)
-        if resumed:
-            print(f"resumed from {resumed} at epoch {state.epoch}, iteration {state.iteration}")
-            if drift and drift["changes"]:
-                print(f"resume: config changed since {os.path.basename(resumed)}: " +
-                      "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in drift["changes"].items()))
-            if elastic_text:
-                print(elastic_text, flush=True)
+        if resumed is not None:
+            print(f"resumed from {resumed.path} at epoch {state.epoch}, iteration {state.iteration}")
+            if resumed.changes:
+                print(f"resume: config changed since {os.path.basename(resumed.path)}: " +
+                      "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in resumed.changes.items()))
+            if resumed.text:
+                print(resumed.text, flush=True)
             if complete:
                 print(f"the run in {run_dir.path} is complete ({state.epoch} of {state.max_epochs} epochs): "
                       f"raise Global.epochs to train longer, or start over in another Global.output_dir")
@@ -192,7 +182,7 @@ def _run(cfg, training, run_dir, resumed, summary) -> int:
         if dist.is_main() and not os.path.isfile(run_dir.file("final.pdparams")):
             try:  # ...but a run stopped between its last checkpoint and final.pdparams gets it now
                 training.checkpoint.completed(engine)
-            except (UserError, DeitUserError) as exc:
+            except UserError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             print(f"wrote {run_dir.file('final.pdparams')}, which the run had not written before it stopped")
@@ -208,7 +198,7 @@ def _run(cfg, training, run_dir, resumed, summary) -> int:
         print(f"stopped without saving; latest.txt in {run_dir.path} names the newest complete "
               f"checkpoint: resume with -o Global.checkpoint=auto", file=sys.stderr)
         return 130
-    except (UserError, DeitUserError) as exc:  # printed here, so that train.log has it too
+    except UserError as exc:  # printed here, so that train.log has it too
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SystemError as exc:
@@ -243,15 +233,17 @@ def _dead_worker(exc: BaseException):
     return found.group(1), names.get(found.group(2).strip(), found.group(2).strip())
 
 
-def _start(checkpoint, engine, value):
-    """Everything that may refuse the run before it writes: resume (or not), then disk space."""
-    resumed = checkpoint.resume(engine, value)
-    checkpoint.check_space(engine)
+def _start(training, value):
+    """Everything that may refuse the run before it writes: resume (or not), then disk space.
+    Returns what the resume found (engine.Resumed), or None for a fresh start."""
+    from hooks.disk_space import check_space
+    resumed = training.resumer.resume(training.engine, value)
+    check_space(training.run_dir, training.engine.model, training.engine, training.checkpoint.keep)
     return resumed
 
 
 def _plot(argv) -> int:
-    from deit.errors import UserError
+    from engine.errors import UserError
     p = argparse.ArgumentParser(prog=f"{_prog()} plot", description="PNG curves of loss, lr, "
                                 "top-1/5 and img/s from OUTPUT_DIR/metrics.jsonl, written to "
                                 "OUTPUT_DIR/curves.png (needs matplotlib)")
@@ -283,9 +275,11 @@ def _launch(argv) -> int:
 
 
 def _export(cfg) -> int:
-    from deit.build import build_model, load_pretrained, setup_runtime
+    from deit.build.components import build_model
+    from deit.build.runtime import setup_runtime
+    from deit.build.weights import load_pretrained
     from deit.errors import SetupError, paddle_message
-    from deit.export import export_inference
+    from deit.inference.export import export_inference
     weights = cfg["Global"]["pretrained_model"]
     if not weights:
         raise SetupError("--export needs weights: set -o Global.pretrained_model=PATH_PREFIX")
@@ -309,7 +303,10 @@ def _export(cfg) -> int:
 def _evaluate(cfg) -> int:
     from rich.console import Console
     from rich.table import Table
-    from deit.build import build_evaluation, build_model, load_trained_weights, model_for_inference, setup_runtime
+    from deit.build.components import build_evaluation, build_model
+    from deit.build.inference import model_for_inference
+    from deit.build.runtime import setup_runtime
+    from deit.build.weights import load_trained_weights
     from engine import dist
     setup_runtime(cfg)
     evaluation = build_evaluation(cfg)
@@ -334,8 +331,8 @@ def _predict(cfg) -> int:
     """Top-k classes per image: a table (or JSON lines with Infer.format=jsonl) on stdout, and
     JSON lines in Infer.save_path when set. Exit 1 when some image could not be read."""
     import json
-    from deit.build import build_predictor
-    from deit.predict import predict
+    from deit.build.inference import build_predictor
+    from deit.inference.predict import predict
     from engine.files import atomic_write_text
     infer = cfg["Infer"]
     runner, weights, transform, files, names = build_predictor(cfg)

@@ -17,7 +17,7 @@ ARCHITECTURE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads"
 def bench_config(model: dict, batch: int, output_dir: str, img_size: int = 32, **global_overrides) -> dict:
     """configs/demo.yaml with another model and batch; data is replaced by synthetic batches,
     but the transforms still crop to the model's `img_size` (the config is checked whole)."""
-    from deit.schema import SCHEMA
+    from deit.build.schema import SCHEMA
     from engine.config import load_config
     overrides = [f"Global.output_dir={output_dir}", "Global.eval_during_train=false",
                  f"DataLoader.Train.sampler.batch_size={batch}", "Global.progress=off",
@@ -107,7 +107,7 @@ def reference_setup(scripts: dict):
     generated before any clock starts, and a temporary folder holding `scripts` (name ->
     text). Returns (demo root, folder, variables to drop for the reference)."""
     import tempfile
-    from deit.cpu_env import configure_cpu_math
+    from deit.cpu.env import configure_cpu_math
     from deit.data.demo import ensure_demo_dataset
     ours_only = set(configure_cpu_math()) - {"OMP_NUM_THREADS"}
     root = ensure_demo_dataset()

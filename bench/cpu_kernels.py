@@ -1,4 +1,4 @@
-"""Paddle's CPU ops against our compiled kernels (deit/cpu_kernels.c), forward + backward, on the
+"""Paddle's CPU ops against our compiled kernels (deit/cpu/kernels.c), forward + backward, on the
 shapes of the demo model (batch 64) and of DeiT-Ti (batch 32).
 
     python bench/cpu_kernels.py [--repeats 20]
@@ -15,7 +15,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from deit.cpu_env import configure_cpu_math, keep_freed_blocks_in_heap  # noqa: E402
+from deit.cpu.env import configure_cpu_math, keep_freed_blocks_in_heap  # noqa: E402
 
 configure_cpu_math()
 keep_freed_blocks_in_heap()  # as a CPU training run does
@@ -38,7 +38,7 @@ def cases(kernels, batch, tokens, dim, heads):
     """(name, Paddle's version, ours): each a function running forward and backward."""
     import paddle
     import paddle.nn as nn
-    from deit.cpu_ops import use_cpu_kernels
+    from deit.cpu.ops import use_cpu_kernels
     from deit.model import Attention
 
     def leaf(shape):
@@ -74,7 +74,7 @@ def main():
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()
     import paddle
-    from deit import cpu_kernels
+    from deit.cpu import kernels as cpu_kernels
     paddle.set_flags({"FLAGS_use_stride_kernel": False})  # as training on CPU runs
     kernels = cpu_kernels.load()
     print(f"forward + backward, median ms of {args.repeats}, threads {os.environ['OMP_NUM_THREADS']}")

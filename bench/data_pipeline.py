@@ -72,8 +72,8 @@ def run_timm(blobs, transform):
 def run_loader(blobs, workers: int, batches: int = 8) -> float:
     """Images/s out of the training Loader built from PLSC's DeiT-B config, N workers."""
     import tempfile
-    from deit.build import build_train_loader
-    from deit.schema import SCHEMA
+    from deit.build.components import build_train_loader
+    from deit.build.schema import SCHEMA
     from engine.config import load_config
     root = tempfile.mkdtemp()
     with open(os.path.join(root, "train_list.txt"), "w") as listing:

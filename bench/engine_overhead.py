@@ -22,7 +22,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from deit.cpu_env import configure_cpu_math  # noqa: E402
+from deit.cpu.env import configure_cpu_math  # noqa: E402
 
 configure_cpu_math()
 sys.path.insert(0, HERE)
@@ -36,7 +36,7 @@ MODELS = {  # name: (Model overrides, batch, img_size, classes, steps per epoch)
 
 def build(model_name, epochs, ema):
     from _common import SyntheticBatches, bench_config
-    from deit.build import build_training
+    from deit.build.training import build_training
     overrides, batch, size, classes, steps = MODELS[model_name]
     cfg = bench_config(overrides, batch, tempfile.mkdtemp(), img_size=size, epochs=epochs, progress="plain")
     cfg["EMA"]["decay"] = 0.99996 if ema else 0.0
@@ -48,7 +48,7 @@ def build(model_name, epochs, ema):
 
 def run_bare(model_name, epochs):
     from _common import timed
-    from deit.build import build_loss
+    from deit.build.components import build_loss
     cfg, engine = build(model_name, epochs, ema=False)
     model, optimizer, data = engine.model, engine.optimizer, engine.data
     loss_fn = build_loss(cfg["Loss"]["Train"], "Loss.Train")

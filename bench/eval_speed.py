@@ -57,11 +57,11 @@ def worker_eager(name, batch, steps, warmup):
 
 
 def _worker_inference(name, batch, steps, warmup, onednn):
-    """What --eval and --predict run on CPU: deit.predict.InferenceModel on the exported model."""
+    """What --eval and --predict run on CPU: deit.inference.runners.InferenceModel on the exported model."""
     import numpy as np
     paddle, model = _our_model(name)
-    from deit.export import export_inference
-    from deit.predict import InferenceModel
+    from deit.inference.export import export_inference
+    from deit.inference.runners import InferenceModel
     prefix = os.path.join(tempfile.mkdtemp(), "inference")
     size = MODELS[name][2]
     export_inference(model, [None, 3, size, size], prefix)
@@ -111,7 +111,7 @@ def main():
     if args.worker:
         print(json.dumps({"img_per_s": WORKERS[args.worker](args.model, args.batch, args.steps, args.warmup)}))
         return
-    from deit.cpu_env import configure_cpu_math
+    from deit.cpu.env import configure_cpu_math
     _SET_FOR_PADDLE.update(k for k in configure_cpu_math() if k != "OMP_NUM_THREADS")
     runs, failures = {name: [] for name in WORKERS}, {}
     for _ in range(args.repeats):

@@ -83,7 +83,9 @@ def precision_rows(args, device_name):
     import numpy as np
     import paddle
     from _common import SyntheticBatches, bench_config
-    from deit.build import build_model, build_precision, setup_runtime
+    from deit.build.components import build_model
+    from deit.build.runtime import setup_runtime
+    from deit.build.training import build_precision
     from deit.errors import SetupError
     from deit.flops import model_macs
     from deit.loss import CELoss

@@ -46,7 +46,7 @@ def main():
     timm = None
     if args.torch_python:
         sys.path.insert(0, ROOT)
-        from deit.cpu_env import configure_cpu_math
+        from deit.cpu.env import configure_cpu_math
         ours_only = set(configure_cpu_math()) - {"OMP_NUM_THREADS"}  # the reference gets the user's env
         timm = peak_rss_mb([args.torch_python, os.path.join(HERE, "train_step.py"), "--worker", "timm",
                             "--batch", "32", "--steps", "3", "--warmup", "1"],

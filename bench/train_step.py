@@ -23,7 +23,7 @@ def worker_ours(batch, steps, warmup):
     import time
     sys.path.insert(0, HERE)
     from _common import DEIT_TINY, SyntheticBatches, bench_config
-    from deit.build import build_training
+    from deit.build.training import build_training
     out = tempfile.mkdtemp()
     cfg = bench_config(DEIT_TINY, batch, out, img_size=224, epochs=1)
     cfg["DataLoader"]["Train"]["sampler"]["drop_last"] = True
@@ -106,7 +106,7 @@ def main():
     if args.worker:  # the environment was set by the parent, before this process loaded Paddle
         print(json.dumps({"img_per_s": WORKERS[args.worker](args.batch, args.steps, args.warmup)}))
         return
-    from deit.cpu_env import configure_cpu_math
+    from deit.cpu.env import configure_cpu_math
     # what run.py does: threads = cores, MKL's AVX2 path on AMD
     _SET_FOR_PADDLE.update(k for k in configure_cpu_math() if k != "OMP_NUM_THREADS")
     runs, failures = {name: [] for name in WORKERS}, {}

@@ -1,9 +1,6 @@
-"""Errors the user can act on: run.py prints their message alone and exits with code 2."""
-import difflib
-
-
-class UserError(Exception):
-    """Base of every error caused by input (config, data, weights) rather than by a bug."""
+"""The components' kinds of user error, under the one UserError of engine/errors.py (which
+run.py catches), and the two ways they word a message."""
+from engine.errors import CheckpointError, UserError, did_you_mean  # noqa: F401 - CheckpointError: the components' too
 
 
 class SetupError(UserError):
@@ -14,15 +11,9 @@ class DataError(UserError):
     """Missing or malformed dataset files: the message names the file (and line)."""
 
 
-class CheckpointError(UserError):
-    """A checkpoint or weights file that cannot be used: the message says why and what to do."""
-
-
 def unknown(kind: str, name: str, known) -> SetupError:
     """`unknown transform op 'RandFlip' (did you mean 'RandFlipImage'?); known: ...`"""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return SetupError(f"unknown {kind} {name!r}{hint}; known: {', '.join(sorted(known))}")
+    return SetupError(f"unknown {kind} {name!r}{did_you_mean(name, known)}; known: {', '.join(sorted(known))}")
 
 
 def paddle_message(exc: Exception, limit: int = 300) -> str:

@@ -3,6 +3,6 @@ from .engine import Engine
 from .events import Events
 from .hook import Hook
 from .priority import Priority
-from .state import EvalProgress, State
+from .state import EvalProgress, Resumed, State
 
-__all__ = ["Engine", "EvalProgress", "Events", "Hook", "Priority", "State"]
+__all__ = ["Engine", "EvalProgress", "Events", "Hook", "Priority", "Resumed", "State"]

@@ -12,14 +12,13 @@ against that op's schema (arguments left out keep the op's own defaults).
 Validation returns a new dict with defaults filled in and values coerced.
 """
 import ast
-import difflib
 import math
 import os
 from typing import Any, Iterable, List, Optional
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, did_you_mean
 
 
 class ConfigError(UserError):
@@ -336,8 +335,7 @@ def _join(path: str, key) -> str:
 
 
 def _suggest(key: str, options) -> str:
-    close = difflib.get_close_matches(str(key), [str(o) for o in options if o != "*"], n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(key, [o for o in options if o != "*"])
 
 
 def differences(old: Any, new: Any, path: str = "") -> List[tuple]:

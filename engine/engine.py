@@ -2,12 +2,10 @@
 import warnings
 from typing import Any, Callable, Iterable, List, Optional
 
-import paddle
-
 from .events import Events
 from .hook import FunctionHook, Hook
 from .priority import Priority
-from .state import State
+from .state import Resumed, State
 
 
 class Engine:
@@ -18,13 +16,14 @@ class Engine:
     its length is read again after it (an epoch resumed on another number of processes has
     another number of steps). `progress(k)`, if defined, is the fraction of the epoch done
     after k steps (by samples), which `state.epochs_done()` reports.
-    `model` and `optimizer` are held for hooks that need them; the step function uses its own
-    references. The step fires AFTER_BACKWARD itself (`engine.fire("after_backward")`),
-    and an eval hook fires EVAL_END.
+    `model` (a paddle.nn.Layer) and `optimizer` are held for hooks that need them (the engine
+    itself imports no Paddle); the step function uses its own references. The step fires
+    AFTER_BACKWARD itself (`engine.fire("after_backward")`), an eval hook fires EVAL_START,
+    EVAL_ITER_END and EVAL_END, and whoever resumes fires RESUMED (`resumed_from`).
     """
 
     def __init__(self, step: Callable[["Engine", Any], Any], data: Iterable, max_epochs: int = 1,
-                 model: Optional[paddle.nn.Layer] = None, optimizer: Any = None):
+                 model: Any = None, optimizer: Any = None):
         self.step, self.data, self.model, self.optimizer = step, data, model, optimizer
         self.state = State(max_epochs=max_epochs, iters_per_epoch=_len_or_none(data))
         self._hooks: List[Hook] = []
@@ -34,8 +33,8 @@ class Engine:
     def register(self, hook: Hook) -> Hook:
         """Add `hook`. Hooks that keep state (override `state_dict`) need distinct `state_key()`s,
         as each is saved under its key; stateless ones may be registered any number of times. A
-        stateful hook that runs after the checkpoint (priority above CHECKPOINT) gets a warning:
-        each checkpoint would hold its state from before the step's work."""
+        stateful hook that runs at or after a hook that writes checkpoints (`writes_checkpoints =
+        True`) gets a warning: each checkpoint would hold its state from before the step's work."""
         if not isinstance(hook, Hook):
             raise TypeError(f"register() takes a Hook, got {type(hook).__name__}; "
                             f"use engine.on(event, fn) for plain functions")
@@ -44,11 +43,7 @@ class Engine:
             if hook.state_key() in keys:
                 raise ValueError(f"two hooks share the state key {hook.state_key()!r}: "
                                  f"give one a distinct state_key() so both can be checkpointed")
-            if hook.priority >= Priority.CHECKPOINT and not getattr(hook, "writes_checkpoints", False):
-                warnings.warn(f"{hook!r} keeps state but runs at or after the checkpoint (priority "
-                              f"{int(hook.priority)} >= {int(Priority.CHECKPOINT)} CHECKPOINT): a checkpoint "
-                              f"holds its state from before that step's work; give it a lower priority",
-                              stacklevel=2)
+        self._warn_of_stale_state(hook)
         self._hooks.append(hook)
         for event in Events:
             if hook.handles(event):
@@ -56,6 +51,16 @@ class Engine:
                 self._dispatch[event] = sorted(self._dispatch[event] + [hook],
                                                key=lambda h: h.priority)
         return hook
+
+    def _warn_of_stale_state(self, new: Hook) -> None:
+        writers = [h for h in self._hooks + [new] if getattr(h, "writes_checkpoints", False)]
+        stateful = [h for h in self._hooks + [new] if h.keeps_state() and not getattr(h, "writes_checkpoints", False)]
+        for hook in stateful:
+            late = [w for w in writers if hook.priority >= w.priority]
+            if late and new in (hook, late[0]):
+                warnings.warn(f"{hook!r} keeps state but runs at or after {late[0]!r}, which writes "
+                              f"checkpoints: a checkpoint holds its state from before that step's work; "
+                              f"give it a lower priority", stacklevel=3)
 
     def on(self, event: Events, fn: Optional[Callable[["Engine"], None]] = None, every: int = 1,
            once: Optional[int] = None, priority: int = Priority.NORMAL):
@@ -181,10 +186,18 @@ class Engine:
         return {"position": self.state.position(), "hooks": hooks}
 
     def load_state_dict(self, saved: dict) -> None:
+        """The loop's position and each registered hook's state (a hook absent from `saved`
+        keeps its own). Whoever resumes then puts the model and optimizer back and calls
+        `resumed_from`, so that hooks see everything restored at RESUMED."""
         self.state.set_position(saved["position"])
         for hook in self._hooks:
             if hook.state_key() in saved["hooks"]:
                 hook.load_state_dict(saved["hooks"][hook.state_key()])
+
+    def resumed_from(self, resumed: Resumed) -> None:
+        """Record what the resume found in `state.resumed` and fire RESUMED (before STARTED)."""
+        self.state.resumed = resumed
+        self.fire(Events.RESUMED)
 
 
 def _len_or_none(data) -> Optional[int]:

@@ -1,8 +1,10 @@
-"""Errors the user can act on, raised by the engine and its hooks.
+"""Errors the user can act on: run.py prints the message alone and exits with code 2.
 
-run.py prints the message alone and exits with code 2. deit/ has its own UserError for the
-components (it imports nothing from engine/); both mean "your input, not our bug".
+The one hierarchy of "your input, not our bug", for the engine, the hooks and the DeiT
+components alike (deit/errors.py adds the components' kinds). This module and its suggester
+import nothing of the loop, which is why deit/ may import it and nothing else of engine/.
 """
+import difflib
 
 
 class UserError(Exception):
@@ -24,3 +26,9 @@ class WriteFailed(UserError):
 
 class TrainingDiverged(UserError):
     """A non-finite loss in full precision: the run stops before anything is saved."""
+
+
+def did_you_mean(name, known) -> str:
+    """` (did you mean 'epochs'?)` for the closest of `known`, or "" when none is close."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""

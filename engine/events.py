@@ -5,6 +5,7 @@ from enum import Enum
 class Events(str, Enum):
     """Each value is also the name of the Hook method that handles the event."""
 
+    RESUMED = "resumed"      # after a checkpoint is loaded, before STARTED: state.resumed says what
     STARTED = "started"
     EPOCH_START = "epoch_start"
     ITER_START = "iter_start"

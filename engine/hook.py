@@ -11,10 +11,15 @@ class Hook:
     Handlers on ITER_START/ITER_END run every step and should take negligible
     time: no host-device sync unless the hook is about to report.
     Lower `priority` runs first; ties keep registration order (engine/priority.py has the
-    table of the default hooks and why each runs where it does).
+    generic levels, hooks/order.py the built-in hooks' places and why each runs where it does).
     """
 
     priority = Priority.NORMAL
+
+    def resumed(self, engine):
+        """After a resume has put back the loop, every hook's state, the model, the optimizer and
+        the RNG, before STARTED (mmengine's after_load_checkpoint): `engine.state.resumed` says
+        from which checkpoint and what changed. Not called on a fresh start."""
 
     def started(self, engine): pass
     def epoch_start(self, engine): pass
@@ -42,8 +47,8 @@ class Hook:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        """Called on resume, before STARTED fires (the run's first event): `started` sees the
-        restored state, and can tell a resumed run from a fresh one by what was loaded."""
+        """Called on resume with what `state_dict` returned, hook by hook in registration order,
+        before the model and optimizer are back; RESUMED follows once everything is."""
 
     def keeps_state(self) -> bool:
         """True when this hook's class overrides `state_dict`: it is checkpointed."""
@@ -108,8 +113,7 @@ class FunctionHook(Hook):
 
 
 def shown_priority(priority) -> str:
-    """`90 CHECKPOINT` for a named level, else the number."""
-    try:
-        return f"{int(priority)} {Priority(priority).name}"
-    except ValueError:
-        return str(int(priority))
+    """`90 CHECKPOINT` for a named level (any IntEnum: engine.Priority, hooks.order.Order), else
+    the number."""
+    name = getattr(priority, "name", None)
+    return f"{int(priority)} {name}" if name else str(int(priority))

@@ -1,6 +1,6 @@
 """Everything a hook may read about the run, in one place."""
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .reports import Reports
 
@@ -12,6 +12,24 @@ class EvalProgress:
     name: str
     done: int = 0
     total: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What a resume found, for hooks at RESUMED/STARTED and for the run's own lines: the
+    checkpoint, the launch sizes then and now, the config keys that changed (key -> [then,
+    now]), `record` (the row metrics.jsonl keeps when something changed, else None) and `text`
+    (lines the run prints about it, e.g. an elastic resume's block)."""
+
+    path: str
+    world_size: Tuple[int, int]
+    changes: Dict[str, list]
+    record: Optional[Dict[str, Any]] = None
+    text: str = ""
+
+    @property
+    def elastic(self) -> bool:
+        return self.world_size[0] != self.world_size[1]
 
 
 @dataclass
@@ -29,6 +47,7 @@ class State:
     batch: Any = None
     output: Any = None
     evaluation: Optional[EvalProgress] = None  # set from EVAL_START through EVAL_END
+    resumed: Optional[Resumed] = None  # set at RESUMED when the run continues a checkpoint
     epoch_fraction: Optional[Callable[[int], float]] = field(default=None, repr=False)  # data.progress
     reports: Reports = field(init=False, repr=False)  # what hooks publish for each other
     should_stop: bool = False

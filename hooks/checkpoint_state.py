@@ -17,31 +17,63 @@ through the restricted unpickler and `paddle.load` alike.
 """
 import random
 import re
+from typing import Callable, Optional
 
 import numpy as np
 import paddle
 
 from engine.errors import CheckpointError
-from engine.serialization import non_float_arrays
+from engine.serialization import load_restricted, non_float_arrays
 
 FORMAT = 2
 
 
-def capture(engine, model, optimizer, world_size: int, config: dict, facts: dict,
-            rng_ranks: list = None) -> dict:
-    return {
-        "format": FORMAT,
-        "engine": engine.state_dict(),
-        "model": model.state_dict(),
-        "optimizer": rename_optimizer_state(optimizer.state_dict(), model, to_structured=True)
-        if optimizer is not None else None,
-        "rng": rng_state(),
-        "rng_ranks": rng_ranks or [],
-        "epochs_done": round(engine.state.epochs_done(), 6),  # in samples: true under any later launch size
-        "world_size": world_size,
-        "config": config,
-        "facts": facts,
-    }
+class CheckpointContents:
+    """What this run's checkpoints hold and what resuming checks them against, shared by the
+    Checkpoint hook (writing) and hooks/resume.py (reading): the model and optimizer, the
+    run's resolved `config`, `facts` a resume must find unchanged (e.g. the number of training
+    images), the launch's `world_size`; `shape_problems(found, expected)` describes how two
+    name -> shape maps differ; `weights()` is what .pdparams files hold (the model's
+    state_dict unless told: the fp32 masters under O2)."""
+
+    def __init__(self, model, optimizer=None, config: Optional[dict] = None, facts: Optional[dict] = None,
+                 world_size: int = 1, shape_problems: Optional[Callable] = None, weights: Optional[Callable] = None):
+        self.model, self.optimizer, self.config = model, optimizer, config or {}
+        self.facts, self.world_size = dict(facts or {}), world_size
+        self.shape_problems = shape_problems or (lambda found, expected: [])
+        self.weights = weights or model.state_dict
+
+    def capture(self, engine, rng_ranks: list = None) -> dict:
+        optimizer = self.optimizer
+        return {
+            "format": FORMAT,
+            "engine": engine.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": rename_optimizer_state(optimizer.state_dict(), self.model, to_structured=True)
+            if optimizer is not None else None,
+            "rng": rng_state(),
+            "rng_ranks": rng_ranks or [],
+            "epochs_done": round(engine.state.epochs_done(), 6),  # in samples: true under any later launch size
+            "world_size": self.world_size,
+            "config": self.config,
+            "facts": self.facts,
+        }
+
+    def read(self, path: str, what: str = "Global.checkpoint") -> dict:
+        """The checkpoint at `path`, refused in one line if it is no complete checkpoint of
+        this format or was saved from another model."""
+        ckpt = load_restricted(path, what)
+        check_format(ckpt, path)
+        check_fit(ckpt, path, self.model, self.shape_problems)
+        return ckpt
+
+    def restore(self, ckpt: dict, engine, rank: int, path: str) -> None:
+        restore(ckpt, engine, self.model, self.optimizer, rank, self.world_size, path)
+
+
+def read_checkpoint(path: str, model, shape_problems: Callable) -> dict:
+    """A training checkpoint, checked against `model` (for --eval and --predict)."""
+    return CheckpointContents(model, shape_problems=shape_problems).read(path)
 
 
 # the shape of a format-2 checkpoint: key -> type, nested for dicts

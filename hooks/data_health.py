@@ -2,13 +2,15 @@
 
 Takes any dataset with a `bad_count` (files skipped so far over all worker processes); puts
 {"skipped_files"} as "data_health" in `state.reports`."""
-from engine import Hook, Priority, dist
+from engine import Hook, dist
+
+from .order import Order
 from . import kinds
 
 
 
 class DataHealth(Hook):
-    priority = Priority.DATA_HEALTH
+    priority = Order.DATA_HEALTH
 
     def __init__(self, dataset):
         self.dataset, self.reported = dataset, 0

@@ -5,15 +5,18 @@ state_dict, in fp32 whatever the training dtype. `weights()` says what is averag
 the model's state_dict); under O2 it is the fp32 master weights, not their float16 roundings,
 whose steps are mostly below float16's resolution. PLSC's `thres_steps` warm-up uses
 min(decay, (1 + n) / (10 + n)) for the n-th update. The shadow lives in a second model of the
-same architecture, so an Evaluate hook can evaluate it like any model.
+same architecture, so an Evaluate hook can evaluate it like any model; it starts as a copy of
+the weights when the hook is made (after any pretrained weights are loaded).
 """
 import paddle
 
-from engine import Hook, Priority
+from engine import Hook
+
+from .order import Order
 
 
 class EMA(Hook):
-    priority = Priority.EMA
+    priority = Order.EMA
 
     def __init__(self, model, ema_model, decay: float = 0.99996, warmup: bool = False, weights=None):
         if not 0.0 < decay < 1.0:
@@ -25,6 +28,9 @@ class EMA(Hook):
         for p in self.ema_model.parameters():
             p.stop_gradient = True
         self._pairs = None
+        with paddle.no_grad():  # the shadow starts at the weights as they are now (a resume replaces it)
+            for shadow, value in self._paired():
+                shadow.set_value(value.astype(shadow.dtype))
 
     def _paired(self):
         """(shadow, source) pairs; kept once every source has the shadow's dtype (O2 masters
@@ -36,12 +42,6 @@ class EMA(Hook):
         if all(shadow.dtype == value.dtype for shadow, value in pairs):
             self._pairs = pairs
         return pairs
-
-    def started(self, engine):
-        if self.updates == 0:  # a fresh run starts the shadow at the initial (or pretrained) weights
-            with paddle.no_grad():
-                for shadow, value in self._paired():
-                    shadow.set_value(value.astype(shadow.dtype))
 
     def current_decay(self) -> float:
         if self.warmup:

@@ -8,12 +8,14 @@ and puts the metrics with the step's counters, the best top-1 so far and `is_bes
 import time
 from typing import Callable, Optional
 
-from engine import EvalProgress, Events, Hook, Priority
+from engine import EvalProgress, Events, Hook
+
+from .order import Order
 from . import kinds
 
 
 class Evaluate(Hook):
-    priority = Priority.EVALUATE
+    priority = Order.EVALUATE
 
     def __init__(self, evaluate: Callable[[Callable[[], None]], dict], interval: int = 1, unit: str = "epoch",
                  name: str = kinds.EVAL, batches: Optional[int] = None):

@@ -7,13 +7,15 @@ it happens only at report steps) and `state_dict()` / `load_state_dict()`. Puts
 {"loss_scale", "skipped_steps", "skipped_in_window"[, "warning"]} as "train/loss_scale", a part
 of the train report.
 """
-from engine import Hook, Priority, dist
+from engine import Hook, dist
+
+from .order import Order
 from . import kinds
 
 
 
 class GradScaler(Hook):
-    priority = Priority.GRAD_SCALER
+    priority = Order.GRAD_SCALER
 
     def __init__(self, scaler):
         self.scaler = scaler

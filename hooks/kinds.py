@@ -18,12 +18,10 @@ LOSS_SCALE = TRAIN + "/loss_scale"
 # LRSchedule, every step: lr. Read by TrainMeter.
 LR = "lr"
 
-# Checkpoint, once at a resume that changed something: counters, from, changes, world_size.
-# Read by MetricsLog (its row), DataPosition, run.py (the printed drift).
+# Not a report: the `event` of metrics.jsonl's row for a resume that changed something, made by
+# hooks/resume.py into engine.state.resumed.record and written by MetricsLog: counters, from,
+# changes, world_size, and after an elastic resume global_batch, steps_per_epoch, lr.
 RESUME = "resume"
-
-# run.py, a part of RESUME after an elastic resume: global_batch, steps_per_epoch, lr.
-ELASTIC = RESUME + "/elastic"
 
 # Evaluate, after each evaluation, under its name (EVAL, or EVAL_EMA for the EMA model):
 #   counters, top1, top5, loss, count, best_top1, best_epoch, is_best, eval_time.

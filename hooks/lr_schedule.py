@@ -1,5 +1,7 @@
 """Sets the optimizer's learning rate before every step from a pure function of progress."""
-from engine import Hook, Priority
+from engine import Hook
+
+from .order import Order
 from . import kinds
 
 
@@ -10,7 +12,7 @@ class LRSchedule(Hook):
     continues on another number of processes (other steps per epoch) continues the same curve.
     Puts {"lr"} as "lr" in `state.reports` for the train report."""
 
-    priority = Priority.LR_SCHEDULE
+    priority = Order.LR_SCHEDULE
 
     def __init__(self, optimizer, schedule):
         self.optimizer, self.schedule = optimizer, schedule

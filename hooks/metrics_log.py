@@ -9,17 +9,20 @@ hook at every event, so a checkpoint always includes the row of its own step.
 import json
 import os
 
-from engine import Hook, Priority, dist
+from engine import Hook, dist
 
 from engine.files import write_failed
+
+from .order import Order
 from . import kinds
 
 
 class MetricsLog(Hook):
-    """Writes the reports "resume" (at start), "train" with its parts (each report step) and
-    the evaluation that just ended (its name is the report's kind)."""
+    """Writes what a resume changed (at start, from `state.resumed`), the "train" report with
+    its parts (each report step) and the evaluation that just ended (its name is the report's
+    kind)."""
 
-    priority = Priority.METRICS_LOG
+    priority = Order.METRICS_LOG
 
     def __init__(self, path: str):
         self.path, self.file, self.resume_at = path, None, None
@@ -31,7 +34,9 @@ class MetricsLog(Hook):
             self.file = self._open()
         except OSError as exc:
             raise write_failed(self.path, exc) from None
-        self._write(engine.state.reports.fresh(kinds.RESUME, with_parts=True))  # what changed at a resume, if anything
+        resumed = engine.state.resumed
+        if resumed is not None:
+            self._write(resumed.record)  # what changed at a resume, if anything
 
     def _open(self):
         if self.resume_at is None:

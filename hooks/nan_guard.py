@@ -8,12 +8,14 @@ loss scaling, where an overflow is a skipped step that the GradScaler hook handl
 """
 import math
 
-from engine import Hook, Priority
+from engine import Hook
 from engine.errors import TrainingDiverged
+
+from .order import Order
 
 
 class NanGuard(Hook):
-    priority = Priority.NAN_GUARD
+    priority = Order.NAN_GUARD
 
     def __init__(self, every: int = 1):
         self.every = max(1, every)

@@ -8,7 +8,9 @@ from rich.file_proxy import FileProxy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from engine import Hook, Priority, dist
+from engine import Hook, dist
+
+from .order import Order
 from . import kinds
 
 
@@ -22,7 +24,7 @@ EVAL_LINE_EVERY_S = 30.0   # plain mode: a progress line this often during a lon
 
 
 class Progress(Hook):
-    priority = Priority.PROGRESS
+    priority = Order.PROGRESS
 
     def __init__(self, mode: str = "auto", stream=None, log=None):
         """`log(text)` receives the plain lines when the terminal shows a bar and tables

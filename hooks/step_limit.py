@@ -1,11 +1,13 @@
 """PLSC's Global.max_train_step: stop after that many optimizer steps, as PLSC's loop does
 ("global_step >= max_train_step, training stops early"); the epoch's end work and the final
 weights follow as for any stop."""
-from engine import Hook, Priority, dist
+from engine import Hook, dist
+
+from .order import Order
 
 
 class StepLimit(Hook):
-    priority = Priority.NORMAL
+    priority = Order.NORMAL
 
     def __init__(self, max_steps: int):
         if max_steps < 1:

@@ -8,13 +8,15 @@ left out of the speed figures. Each report is put as "train" in `state.reports`.
 """
 import time
 
-from engine import Hook, Priority, dist
+from engine import Hook, dist
+
+from .order import Order
 from . import kinds
 
 
 
 class TrainMeter(Hook):
-    priority = Priority.TRAIN_METER
+    priority = Order.TRAIN_METER
 
     def __init__(self, every: int = 10, warmup: int = 2):
         self.every, self.warmup = max(1, every), warmup

@@ -4,14 +4,16 @@ train/loss, train/lr, train/img_per_s (and train/loss_scale with float16 loss sc
 report; {eval,eval_ema}/top1, top5 and loss at each evaluation; the x axis is the optimizer
 step. `visualdl --logdir OUTPUT_DIR/vdl` shows them.
 """
-from engine import Hook, Priority, dist
+from engine import Hook, dist
 
 from engine.errors import UserError
+
+from .order import Order
 from . import kinds
 
 
 class VisualDL(Hook):
-    priority = Priority.VISUALDL
+    priority = Order.VISUALDL
 
     def __init__(self, logdir: str):
         try:

@@ -4,7 +4,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from deit.cpu_env import configure_cpu_math  # noqa: E402
+from deit.cpu.env import configure_cpu_math  # noqa: E402
 
 configure_cpu_math()
 

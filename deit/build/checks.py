@@ -9,15 +9,15 @@ from ..errors import SetupError
 
 
 def check_config(cfg, architecture: dict) -> None:
-    """`architecture`: the model's (deit/build.py's model_architecture), named keys included."""
-    m, arch = cfg["Model"], architecture
+    """`architecture`: the model's (deit/build/components.py's model_architecture), named keys included."""
+    model_cfg, arch = cfg["Model"], architecture
     if arch["embed_dim"] % arch["num_heads"]:
         raise SetupError(f"Model.num_heads={arch['num_heads']} must divide Model.embed_dim={arch['embed_dim']} "
                          f"(each head gets embed_dim / num_heads channels)")
     if arch["img_size"] % arch["patch_size"]:
         raise SetupError(f"Model.patch_size={arch['patch_size']} must divide Model.img_size={arch['img_size']}")
     cfg["Optimizer"]["grad_clip"] = clip_norm(cfg["Optimizer"]["grad_clip"])
-    classes = m["class_num"]
+    classes = model_cfg["class_num"]
     for key, value in _mix_class_nums(cfg):
         if value != classes:
             raise SetupError(f"{key}={value} disagrees with Model.class_num={classes}: set both to the "

@@ -19,30 +19,31 @@ from ..loss import LOSSES
 from ..model import ARCHITECTURES, GENERIC, VisionTransformer
 
 
-def model_architecture(m) -> dict:
+def model_architecture(model_cfg) -> dict:
     """Model.name's architecture with the Model keys that are set over it (a variant of a named
     model: PLSC refuses those keys for a named model, and an earlier version dropped them)."""
-    if m["name"] == "VisionTransformer":
+    if model_cfg["name"] == "VisionTransformer":
         base = GENERIC
-    elif m["name"] in ARCHITECTURES:
-        base = ARCHITECTURES[m["name"]]
+    elif model_cfg["name"] in ARCHITECTURES:
+        base = ARCHITECTURES[model_cfg["name"]]
     else:
-        raise unknown("Model.name", m["name"], list(ARCHITECTURES) + ["VisionTransformer"])
-    return {key: m[key] if m[key] is not None else value for key, value in base.items()}
+        raise unknown("Model.name", model_cfg["name"], list(ARCHITECTURES) + ["VisionTransformer"])
+    return {key: model_cfg[key] if model_cfg[key] is not None else value for key, value in base.items()}
 
 
-def architecture_changes(m) -> dict:
+def architecture_changes(model_cfg) -> dict:
     """The keys that make a named model a variant: name -> (the model's, the config's)."""
-    if m["name"] not in ARCHITECTURES:
+    if model_cfg["name"] not in ARCHITECTURES:
         return {}
-    base = ARCHITECTURES[m["name"]]
-    return {k: (base[k], m[k]) for k in base if m[k] is not None and m[k] != base[k]}
+    base = ARCHITECTURES[model_cfg["name"]]
+    return {k: (base[k], model_cfg[k]) for k in base if model_cfg[k] is not None and model_cfg[k] != base[k]}
 
 
-def build_model(m) -> paddle.nn.Layer:
-    return VisionTransformer(**model_architecture(m), class_num=m["class_num"], drop_rate=m["drop_rate"],
-                             drop_path_rate=m["drop_path_rate"], init=m["init"], qkv_bias=m["qkv_bias"],
-                             epsilon=m["epsilon"], attn_drop_rate=m["attn_drop_rate"])
+def build_model(model_cfg) -> paddle.nn.Layer:
+    """The `Model` section's network: a named architecture (with any keys set over it) or the
+    generic VisionTransformer."""
+    keys = ("class_num", "drop_rate", "drop_path_rate", "init", "qkv_bias", "epsilon", "attn_drop_rate")
+    return VisionTransformer(**model_architecture(model_cfg), **{k: model_cfg[k] for k in keys})
 
 
 def build_dataset(section: dict, seed: int, where: str, num_classes: int = None):
@@ -64,19 +65,19 @@ def build_dataset(section: dict, seed: int, where: str, num_classes: int = None)
 
 
 def build_train_loader(cfg) -> Loader:
-    section, g = cfg["DataLoader"]["Train"], cfg["Global"]
-    dataset = build_dataset(section, g["seed"], "DataLoader.Train", cfg["Model"]["class_num"])
-    s = section["sampler"]
+    section, global_cfg = cfg["DataLoader"]["Train"], cfg["Global"]
+    dataset = build_dataset(section, global_cfg["seed"], "DataLoader.Train", cfg["Model"]["class_num"])
+    sampler_cfg = section["sampler"]
     batch_transform = build_batch_transform(section["dataset"]["batch_transform_ops"],
-                                            cfg["Model"]["class_num"], s["batch_size"])
+                                            cfg["Model"]["class_num"], sampler_cfg["batch_size"])
     sampler = ResumableBatchSampler(
-        len(dataset), s["batch_size"], shuffle=s["shuffle"], drop_last=s["drop_last"], seed=g["seed"],
-        rank=dist.rank(), world_size=dist.world_size(),
-        repeats=s["num_repeats"] if s["name"] == "RepeatedAugSampler" else 1)
+        len(dataset), sampler_cfg["batch_size"], shuffle=sampler_cfg["shuffle"], drop_last=sampler_cfg["drop_last"],
+        seed=global_cfg["seed"], rank=dist.rank(), world_size=dist.world_size(),
+        repeats=sampler_cfg["num_repeats"] if sampler_cfg["name"] == "RepeatedAugSampler" else 1)
     if len(sampler) == 0:
         raise SetupError(f"DataLoader.Train: {len(dataset)} images give no full batch of "
-                         f"{s['batch_size']} per device; lower DataLoader.Train.sampler.batch_size")
-    return Loader(dataset, sampler, **section["loader"], batch_transform=batch_transform, seed=g["seed"],
+                         f"{sampler_cfg['batch_size']} per device; lower DataLoader.Train.sampler.batch_size")
+    return Loader(dataset, sampler, **section["loader"], batch_transform=batch_transform, seed=global_cfg["seed"],
                   rank=dist.rank())
 
 

@@ -20,14 +20,14 @@ def build_predictor(cfg):
     """`--predict`: (model runner, weights, transform, image files, class names) from the
     `Infer` section. The runner is Paddle Inference on Infer.inference_model when set, else the
     eager model with trained weights; both map an (N, 3, H, W) float32 batch to logits."""
-    infer, m = cfg["Infer"], cfg["Model"]
+    infer, model_cfg = cfg["Infer"], cfg["Model"]
     if not infer["infer_imgs"]:
         raise SetupError("--predict needs images: set -o Infer.infer_imgs=PATH (an image, a folder of "
                          "images, or a .txt list of them)")
     if infer["save_path"]:
         check_save_path(infer["save_path"])
     files = list_images(infer["infer_imgs"])
-    names = read_class_names(infer["PostProcess"]["class_id_map_file"], m["class_num"])
+    names = read_class_names(infer["PostProcess"]["class_id_map_file"], model_cfg["class_num"])
     ops, key = infer["transforms"], "Infer.transforms"
     if not ops:
         ops, key = cfg["DataLoader"]["Eval"]["dataset"]["transform_ops"], "DataLoader.Eval.dataset.transform_ops"
@@ -37,7 +37,7 @@ def build_predictor(cfg):
         runner = _inference_model(cfg, infer["inference_model"])
         img_size, weights = None, infer["inference_model"]  # the predictor names a wrong size
     else:
-        model = build_model(m)
+        model = build_model(model_cfg)
         weights = load_trained_weights(cfg, model, "--predict")
         runner = _inference_model(cfg, _export_to_temp(model)) if _deploy(cfg) else EagerModel(model)
         img_size = model.img_size

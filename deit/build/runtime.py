@@ -16,23 +16,23 @@ from ..errors import SetupError, paddle_message
 
 def setup_runtime(cfg) -> None:
     """Device and seeds. Seeds are offset by rank so dropout differs across ranks."""
-    g = cfg["Global"]
+    global_cfg = cfg["Global"]
     check_paddle_version(paddle.__version__)
-    if g["device"] == "gpu" and not paddle.device.is_compiled_with_cuda():
+    if global_cfg["device"] == "gpu" and not paddle.device.is_compiled_with_cuda():
         raise SetupError("Global.device is 'gpu' but this PaddlePaddle build has no CUDA: "
                          "install paddlepaddle-gpu or run with -o Global.device=cpu")
-    paddle.set_device(g["device"])
-    if g["flags"]:  # PLSC's Global.flags
+    paddle.set_device(global_cfg["device"])
+    if global_cfg["flags"]:  # PLSC's Global.flags
         try:
-            paddle.set_flags({k if k.startswith("FLAGS_") else f"FLAGS_{k}": v for k, v in g["flags"].items()})
+            paddle.set_flags({k if k.startswith("FLAGS_") else f"FLAGS_{k}": v for k, v in global_cfg["flags"].items()})
         except (ValueError, TypeError) as exc:
             raise SetupError(f"Global.flags: {paddle_message(exc)}") from None
-    if g["device"] == "cpu":
+    if global_cfg["device"] == "cpu":
         # Paddle's CPU copy of strided views (transpose/split outputs and their grads) is
         # slow: contiguous outputs make a DeiT-Ti step 1.4x faster here (bench/NOTES.md).
         paddle.set_flags({"FLAGS_use_stride_kernel": False})
     dist.init_if_launched()
-    seed = g["seed"] + dist.rank()
+    seed = global_cfg["seed"] + dist.rank()
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)
@@ -56,13 +56,13 @@ def cpu_kernels_for(cfg):
     """The compiled GELU/LayerNorm/softmax kernels for fp32 training on CPU, or None: another
     device or precision, Global.cpu_kernels off, or (auto) no way to build them here, said in
     one line. `on` makes that last case an error."""
-    g = cfg["Global"]
-    if not fp32_on_cpu(cfg) or g["cpu_kernels"] == "off":
+    global_cfg = cfg["Global"]
+    if not fp32_on_cpu(cfg) or global_cfg["cpu_kernels"] == "off":
         return None
     try:
         return load_cpu_kernels()
     except KernelsUnavailable as e:
-        if g["cpu_kernels"] == "on":
+        if global_cfg["cpu_kernels"] == "on":
             raise SetupError(f"Global.cpu_kernels is 'on', but {e}") from None
         if dist.is_main():
             print(f"note: {e}: GELU, LayerNorm and softmax stay on Paddle's slower CPU kernels "
@@ -79,15 +79,15 @@ def check_low_precision_support(cfg) -> None:
     """FP16.level O1/O2 must run what it says. On a GPU without the dtype, paddle.amp.decorate
     and autocast silently stay fp32 (paddle/amp/auto_cast.py): refuse that. On the CPU, say
     once that autocast does nothing there, unless FP16.cast_on_cpu casts for real."""
-    amp, g = cfg["FP16"], cfg["Global"]
-    if g["device"] == "gpu":
-        supported = (paddle.amp.is_float16_supported() if amp["dtype"] == "float16"
+    amp_cfg, global_cfg = cfg["FP16"], cfg["Global"]
+    if global_cfg["device"] == "gpu":
+        supported = (paddle.amp.is_float16_supported() if amp_cfg["dtype"] == "float16"
                      else paddle.amp.is_bfloat16_supported())
         if not supported:
             name = paddle.device.cuda.get_device_name()
-            raise SetupError(f"FP16.dtype {amp['dtype']}: this GPU ({name}) has no {amp['dtype']} "
-                             f"kernels in Paddle, so FP16.level {amp['level']} would train in fp32; "
-                             f"use -o FP16.dtype={'float16' if amp['dtype'] == 'bfloat16' else 'bfloat16'} "
+            raise SetupError(f"FP16.dtype {amp_cfg['dtype']}: this GPU ({name}) has no {amp_cfg['dtype']} "
+                             f"kernels in Paddle, so FP16.level {amp_cfg['level']} would train in fp32; "
+                             f"use -o FP16.dtype={'float16' if amp_cfg['dtype'] == 'bfloat16' else 'bfloat16'} "
                              f"if it has that, or -o FP16.level=O0")
         return
     warnings.filterwarnings("ignore", message="amp_guard can only be enabled")
@@ -95,12 +95,12 @@ def check_low_precision_support(cfg) -> None:
         if cfg["Optimizer"]["grad_clip"]:
             raise SetupError("FP16.cast_on_cpu: Optimizer.grad_clip needs squared_l2_norm, which Paddle's "
                              "CPU build has no float16/bfloat16 kernel for: set Optimizer.grad_clip=0 here")
-        print(f"note: FP16.cast_on_cpu: the model is cast to {amp['dtype']} as on a GPU; Paddle's CPU "
+        print(f"note: FP16.cast_on_cpu: the model is cast to {amp_cfg['dtype']} as on a GPU; Paddle's CPU "
               f"build lacks those kernels, so layers compute in fp32 and round (deit/cast_on_cpu.py)")
         return
-    print(f"note: FP16.level {amp['level']} ({amp['dtype']}) runs, but Paddle's autocast has "
+    print(f"note: FP16.level {amp_cfg['level']} ({amp_cfg['dtype']}) runs, but Paddle's autocast has "
           f"no effect on CPU: the kernels stay fp32"
-          f"{' (FP16.cast_on_cpu casts O2 only)' if amp['cast_on_cpu'] else ''}")
+          f"{' (FP16.cast_on_cpu casts O2 only)' if amp_cfg['cast_on_cpu'] else ''}")
 
 
 def use_cpu_speed_paths(model, cfg, kernels):

@@ -9,6 +9,7 @@ import paddle
 from engine import Engine, Events, dist
 from hooks import kinds
 from hooks.checkpoint import Checkpoint
+from hooks.checkpoint_state import CheckpointContents
 from hooks.data_health import DataHealth
 from hooks.data_position import DataPosition
 from hooks.ema import EMA
@@ -18,8 +19,11 @@ from hooks.lr_schedule import LRSchedule
 from hooks.metrics_log import MetricsLog
 from hooks.nan_guard import NanGuard
 from hooks.progress import Progress
+from hooks.resume import Resumer
 from hooks.run_directory import RunDirectory
 from hooks.step_limit import StepLimit
+from hooks.stop_on_signal import StopOnSignal
+from hooks.train_log import TrainLog
 from hooks.train_meter import TrainMeter
 from hooks.visualdl import VisualDL
 
@@ -36,6 +40,7 @@ from .checks import check_config, check_pipeline
 from .components import (build_eval_loader, build_evaluation, build_loss, build_model, build_train_loader,
                          lr_scale_for, model_architecture)
 from .plugins import import_hook
+from .summary import describe_world_change
 from .runtime import cast_on_cpu, check_low_precision_support, cpu_kernels_for, setup_runtime, use_cpu_speed_paths
 from .weights import load_pretrained
 
@@ -51,61 +56,65 @@ RESUME_FIXED = (
 
 
 def build_training(cfg):
-    """Everything for a training run, validated; nothing is written to output_dir here.
-    Returns the engine and its Checkpoint hook, which owns the run directory and resuming."""
-    g, amp = cfg["Global"], cfg["FP16"]
+    """Everything for a training run, validated; nothing is written to output_dir here."""
+    global_cfg, amp_cfg = cfg["Global"], cfg["FP16"]
     check_config(cfg, model_architecture(cfg["Model"]))
     setup_runtime(cfg)
     if not cfg["DistributedStrategy"]["data_parallel"] and dist.world_size() > 1:
         raise SetupError("DistributedStrategy.data_parallel is false, but data parallel is the only "
                          "strategy for a launch of several processes: set it to true")
     train_loader = build_train_loader(cfg)
-    eval_loader = build_eval_loader(cfg) if g["eval_during_train"] else None
+    eval_loader = build_eval_loader(cfg) if global_cfg["eval_during_train"] else None
     batch = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
-    if g["accum_steps"] < 1 or batch % g["accum_steps"]:
-        raise SetupError(f"Global.accum_steps={g['accum_steps']} must divide "
+    if global_cfg["accum_steps"] < 1 or batch % global_cfg["accum_steps"]:
+        raise SetupError(f"Global.accum_steps={global_cfg['accum_steps']} must divide "
                          f"DataLoader.Train.sampler.batch_size={batch} into equal micro-batches")
-    if g["device"] == "cpu":
-        keep_freed_blocks_in_heap()  # eager training only: see deit/cpu_env.py
+    if global_cfg["device"] == "cpu":
+        keep_freed_blocks_in_heap()  # eager training only: see deit/cpu/env.py
     kernels = cpu_kernels_for(cfg)
     model = use_cpu_speed_paths(build_model(cfg["Model"]), cfg, kernels)
     for loader, split in ((train_loader, "Train"), (eval_loader, "Eval")):
         if loader is not None:
             check_pipeline(loader.dataset.transform, cfg["DataLoader"][split]["dataset"]["transform_ops"],
                            model.img_size, f"DataLoader.{split}.dataset.transform_ops")
-    if g["pretrained_model"]:
-        load_pretrained(model, g["pretrained_model"], finetune=g["finetune"])
-    o, s = cfg["Optimizer"], cfg["LRScheduler"]
-    optimizer = build_adamw(model, s["learning_rate"], **o)
+    if global_cfg["pretrained_model"]:
+        load_pretrained(model, global_cfg["pretrained_model"], finetune=global_cfg["finetune"])
+    optim_cfg, sched_cfg = cfg["Optimizer"], cfg["LRScheduler"]
+    optimizer = build_adamw(model, sched_cfg["learning_rate"], **optim_cfg)
     model, optimizer, precision = build_precision(cfg, model, optimizer)
     hooks = [GradScaler(precision.scaler)] if precision.scaler is not None else []
-    if amp["level"] == "O0" or amp["dtype"] == "bfloat16":
+    if amp_cfg["level"] == "O0" or amp_cfg["dtype"] == "bfloat16":
         # Check the loss when the meter reports and at every step checkpoint, never per step.
-        save_every = g["save_interval"] if g["save_unit"] == "step" else g["print_batch_step"]
-        hooks.append(NanGuard(every=math.gcd(g["print_batch_step"], save_every)))
+        save_every = (global_cfg["save_interval"] if global_cfg["save_unit"] == "step"
+                      else global_cfg["print_batch_step"])
+        hooks.append(NanGuard(every=math.gcd(global_cfg["print_batch_step"], save_every)))
     trained_weights = partial(full_precision_weights, model, optimizer)
     train_model = paddle.DataParallel(model) if dist.world_size() > 1 else model
     global_batch = batch * dist.world_size()
-    lr_scale = lr_scale_for(s, global_batch)
-    schedule = TimmCosine(s["learning_rate"], s["eta_min"], s["warmup_epoch"], s["warmup_start_lr"],
-                          g["epochs"], len(train_loader), s["decay_unit"], lr_scale)
+    lr_scale = lr_scale_for(sched_cfg, global_batch)
+    schedule = TimmCosine(sched_cfg["learning_rate"], sched_cfg["eta_min"], sched_cfg["warmup_epoch"],
+                          sched_cfg["warmup_start_lr"], global_cfg["epochs"], len(train_loader),
+                          sched_cfg["decay_unit"], lr_scale)
     step = make_train_step(train_model, build_loss(cfg["Loss"]["Train"], "Loss.Train"), optimizer,
-                           precision, g["accum_steps"])
-    engine = Engine(engine_step(step), train_loader, max_epochs=g["epochs"], model=model, optimizer=optimizer)
-    run_dir = RunDirectory(g["output_dir"], is_main=dist.is_main())
-    checkpoint = Checkpoint(run_dir, model, optimizer, g["save_interval"], g["save_unit"],
-                            checkpoints_kept(g["max_num_latest_checkpoint"]), config=cfg, world_size=dist.world_size(),
-                            fixed=RESUME_FIXED, shape_problems=shape_problems,
-                            facts={"training images": len(train_loader.dataset)}, best_of=kinds.EVAL,
-                            weights=partial(fp32_weights, model, optimizer))
-    hooks += [TrainMeter(every=g["print_batch_step"]), LRSchedule(optimizer, schedule.at), checkpoint,
-              DataPosition(train_loader),
-              MetricsLog(run_dir.file("metrics.jsonl")), Progress(g["progress"], log=run_dir.append_to_log),
+                           precision, global_cfg["accum_steps"])
+    engine = Engine(engine_step(step), train_loader, max_epochs=global_cfg["epochs"], model=model,
+                    optimizer=optimizer)
+    run_dir = RunDirectory(global_cfg["output_dir"], is_main=dist.is_main())
+    train_log = TrainLog(run_dir.file("train.log"), is_main=dist.is_main())
+    contents = CheckpointContents(model, optimizer, config=cfg, facts={"training images": len(train_loader.dataset)},
+                                  world_size=dist.world_size(), shape_problems=shape_problems,
+                                  weights=partial(fp32_weights, model, optimizer))
+    checkpoint = Checkpoint(run_dir, contents, global_cfg["save_interval"], global_cfg["save_unit"],
+                            checkpoints_kept(global_cfg["max_num_latest_checkpoint"]), best_of=kinds.EVAL)
+    resumer = Resumer(run_dir, contents, fixed=RESUME_FIXED, describe_world_change=partial(describe_world_change, cfg))
+    hooks += [TrainMeter(every=global_cfg["print_batch_step"]), LRSchedule(optimizer, schedule.at), checkpoint,
+              StopOnSignal(checkpoint, dist.world_size()), DataPosition(train_loader),
+              MetricsLog(run_dir.file("metrics.jsonl")), Progress(global_cfg["progress"], log=train_log.append),
               DataHealth(train_loader.dataset)]
-    if g["use_visualdl"]:
+    if global_cfg["use_visualdl"]:
         hooks.append(VisualDL(run_dir.file("vdl")))
     evaluation = build_evaluation(cfg, precision.autocast, eval_loader) if eval_loader is not None else None
-    evaluate = partial(Evaluate, interval=g["eval_interval"], unit=g["eval_unit"],
+    evaluate = partial(Evaluate, interval=global_cfg["eval_interval"], unit=global_cfg["eval_unit"],
                        batches=evaluation.batches if evaluation else None)
     if evaluation is not None:
         hooks.append(evaluate(partial(evaluation, model)))
@@ -115,30 +124,30 @@ def build_training(cfg):
         hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"], weights=trained_weights))
         if evaluation is not None and ema["eval_with_ema"]:
             hooks.append(evaluate(partial(evaluation, ema_model), name=kinds.EVAL_EMA))
-    if g["max_train_step"]:
-        hooks.append(StepLimit(g["max_train_step"]))
+    if global_cfg["max_train_step"]:
+        hooks.append(StepLimit(global_cfg["max_train_step"]))
     hooks += [import_hook(name, kwargs, f"Hooks.{i}") for i, entry in enumerate(cfg["Hooks"])
               for name, kwargs in entry.items()]
     for hook in hooks:
         engine.register(hook)
-    return Training(engine, checkpoint, evaluation)
+    return Training(engine, run_dir, train_log, resumer, checkpoint, evaluation)
 
 
 def build_precision(cfg, model, optimizer):
     """FP16.level and dtype: autocast, the O2 cast with fp32 master weights (whatever
     Optimizer.use_master_param says), and for float16 the dynamic loss scaler. Returns
     (model, optimizer, Precision); the model and optimizer are changed in place."""
-    amp, precision = cfg["FP16"], Precision()
-    if amp["level"] == "O0":
+    amp_cfg, precision = cfg["FP16"], Precision()
+    if amp_cfg["level"] == "O0":
         return model, optimizer, precision
     check_low_precision_support(cfg)
-    precision.enable_autocast(amp["level"], amp["dtype"])
-    if amp["level"] == "O2" and cast_on_cpu(cfg):
-        model, optimizer = cast_like_gpu(model, optimizer, amp["dtype"])
-    elif amp["level"] == "O2":
-        model, optimizer = decorate_o2(model, optimizer, amp["dtype"], master_weight=True)
-    if amp["dtype"] == "float16":  # bfloat16 has fp32's range: no loss scaling
-        precision.scaler = DynamicLossScaler(**amp["GradScaler"])
+    precision.enable_autocast(amp_cfg["level"], amp_cfg["dtype"])
+    if amp_cfg["level"] == "O2" and cast_on_cpu(cfg):
+        model, optimizer = cast_like_gpu(model, optimizer, amp_cfg["dtype"])
+    elif amp_cfg["level"] == "O2":
+        model, optimizer = decorate_o2(model, optimizer, amp_cfg["dtype"], master_weight=True)
+    if amp_cfg["dtype"] == "float16":  # bfloat16 has fp32's range: no loss scaling
+        precision.scaler = DynamicLossScaler(**amp_cfg["GradScaler"])
     return model, optimizer, precision
 
 
@@ -151,7 +160,10 @@ def checkpoints_kept(max_num_latest_checkpoint: int):
 
 class Training(NamedTuple):
     engine: Engine
-    checkpoint: Checkpoint              # owns the run directory and resuming
+    run_dir: RunDirectory               # Global.output_dir, locked by run.py for the run's life
+    train_log: TrainLog                 # run.py copies its output there once the run may start
+    resumer: Resumer                    # run.py resumes with it once, before anything is written
+    checkpoint: Checkpoint              # registered; run.py asks it for final.pdparams of a complete run
     evaluation: Optional[Evaluation]    # None without DataLoader.Eval during training
 
 

@@ -1,4 +1,4 @@
-"""deit/cpu_kernels.c built once per machine and compiler, loaded with ctypes, called on tensors.
+"""deit/cpu/kernels.c built once per machine and compiler, loaded with ctypes, called on tensors.
 
 Paddle's CPU LayerNorm backward, softmax and attention's split and transposes run well below
 memory speed; the C loops are 7-13x faster on LayerNorm, 1.2-2x on the attention core and up to
@@ -21,9 +21,9 @@ import tempfile
 
 import paddle
 
-from .cache import cache_root
+from ..cache import cache_root
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.c")
 # Tried in order, the first that compiles wins: -march=native gives the loops the CPU's widest
 # vectors, -fopenmp-simd lets them vectorize their sums.
 FLAG_SETS = (

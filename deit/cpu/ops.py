@@ -1,5 +1,5 @@
 """GELU, LayerNorm, and attention's softmax and head layouts on the compiled CPU kernels
-(deit/cpu_kernels.py), swapped into a built model by the wiring, as deit/cpu_linear.py does
+(deit/cpu/kernels.py), swapped into a built model by the wiring, as deit/cpu/linear.py does
 for Linear.
 
 The swapped layers keep their parameters and state_dict keys. They take the kernels in eager
@@ -10,7 +10,7 @@ import paddle
 import paddle.nn as nn
 from paddle.autograd import PyLayer
 
-from .model import Attention
+from ..model import Attention
 from .pylayer_grads import only_wanted, remember_wanted
 
 

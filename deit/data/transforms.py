@@ -22,14 +22,6 @@ def _interp(name: str):
     return _INTERP[name]
 
 
-def _number(value) -> float:
-    """PLSC writes `1.0/255.0` and `1.0/3.0` in YAML."""
-    if isinstance(value, str) and "/" in value:
-        num, den = value.split("/", 1)
-        return float(num) / float(den)
-    return float(value)
-
-
 class Compose:
     def __init__(self, ops):
         self.ops = list(ops)
@@ -137,7 +129,7 @@ class NormalizeImage:
     def __init__(self, scale=1.0 / 255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, order=""):
         if order not in ("", "hwc"):
             raise SetupError("NormalizeImage: only order '' or 'hwc' is supported")
-        scale = _number(scale)
+        scale = float(scale)  # PLSC's `1.0/255.0` is a number once the config is read
         mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
         self.mul = (scale / std).astype(np.float32)    # one multiply-add per value, in place
         self.add = (-mean / std).astype(np.float32)
@@ -168,8 +160,8 @@ class RandomErasing:
                  use_log_aspect=True, mode="pixel"):
         if mode != "pixel" or not use_log_aspect:
             raise SetupError("RandomErasing: only mode: pixel with use_log_aspect: True is supported")
-        self.prob, self.sl, self.sh = _number(EPSILON), _number(sl), _number(sh)
-        self.log_aspect = (math.log(_number(r1)), math.log(1.0 / _number(r1)))
+        self.prob, self.sl, self.sh = float(EPSILON), float(sl), float(sh)
+        self.log_aspect = (math.log(r1), math.log(1.0 / r1))
         self.attempts = attempt
 
     def __call__(self, arr, rng):

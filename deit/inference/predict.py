@@ -1,7 +1,7 @@
 """Classify images: PaddleClas's `Infer` section (images in, top-k classes out).
 
-Two ways to run the model, with the same inputs and outputs: the eager model with trained
-weights, or an exported inference model through Paddle Inference (the deployment path).
+Which images, which class names, the top-k records and where they may be written; the model
+runs through one of deit/inference/runners.py.
 """
 import os
 from typing import Dict, Iterator, List, Optional
@@ -9,9 +9,9 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 from PIL import Image
 
-from .data.datasets import IMG_EXTENSIONS, UNREADABLE
-from .data.decode import to_rgb
-from .errors import DataError, SetupError, paddle_message
+from ..data.datasets import IMG_EXTENSIONS, UNREADABLE
+from ..data.decode import to_rgb
+from ..errors import DataError, SetupError
 
 
 def list_images(spec: str) -> List[str]:
@@ -73,98 +73,6 @@ def read_class_names(path: Optional[str], class_num: int) -> Dict[int, str]:
                                 f"Model.class_num={class_num}")
             names[int(parts[0])] = parts[1]
     return names
-
-
-class EagerModel:
-    """The trained model as Paddle runs it in training: `images (N,3,H,W) -> logits`."""
-
-    name = "eager"
-
-    def __init__(self, model):
-        import paddle
-        self._paddle = paddle
-        self.model = model
-        model.eval()
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        with self._paddle.no_grad():
-            return self.model(self._paddle.to_tensor(images)).astype("float32").numpy()
-
-
-GPU_MEMORY_POOL_MB = 256  # Paddle Inference's initial GPU memory pool; it grows as needed
-
-
-def gpu_id() -> int:
-    """The GPU this process was given: a launch sets FLAGS_selected_gpus per rank (each rank
-    on GPU 0 would put the whole launch on one device); 0 for a plain run."""
-    selected = os.environ.get("FLAGS_selected_gpus", "").split(",")[0].strip()
-    return int(selected) if selected.isdigit() else 0
-
-
-class InferenceModel:
-    """An exported model (`PREFIX.json` + `PREFIX.pdiparams`) run by Paddle Inference. On CPU
-    with oneDNN: 1.8-2x timm's eval throughput here, 2.4-3.4x our eager model's
-    (bench/eval_speed.py)."""
-
-    name = "paddle.inference"
-
-    def __init__(self, prefix: str, device: str = "cpu", threads: int = 0, onednn: bool = True):
-        from paddle import inference
-        model_file = next((prefix + ext for ext in (".json", ".pdmodel") if os.path.isfile(prefix + ext)), None)
-        if model_file is None or not os.path.isfile(prefix + ".pdiparams"):
-            raise SetupError(f"Infer.inference_model: no exported model at {prefix} (.json or .pdmodel "
-                             f"with .pdiparams): export one with --export")
-        config = inference.Config(model_file, prefix + ".pdiparams")
-        if device == "gpu":
-            config.enable_use_gpu(GPU_MEMORY_POOL_MB, gpu_id())
-        else:
-            config.disable_gpu()
-            config.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
-            if onednn:
-                config.enable_onednn()
-                self.name = "paddle.inference, oneDNN"
-            else:
-                config.disable_onednn()
-        config.disable_glog_info()
-        try:
-            self.predictor = inference.create_predictor(config)
-        except Exception as exc:  # noqa: BLE001 - a file Paddle cannot read: one line
-            raise SetupError(f"Infer.inference_model: Paddle Inference cannot load {model_file}: "
-                             f"{paddle_message(exc)}") from None
-        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
-        self.prefix = prefix
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        self.input.reshape(list(images.shape))
-        self.input.copy_from_cpu(np.ascontiguousarray(images, dtype=np.float32))
-        try:
-            self.predictor.run()
-        except Exception as exc:  # noqa: BLE001 - most often images of another size than exported
-            raise SetupError(f"the exported model {self.prefix} fails on a batch of shape {list(images.shape)} "
-                             f"(export size and Infer.transforms must agree): "
-                             f"{paddle_message(exc)}") from None
-        return self.output.copy_to_cpu().astype(np.float32)
-
-
-class InferenceLayer:
-    """An InferenceModel where evaluation expects a Paddle layer: tensors in and out, and the
-    train/eval switches (no-ops: an exported model is always in eval mode)."""
-
-    training = False
-
-    def __init__(self, runner: InferenceModel):
-        import paddle
-        self._paddle, self.runner = paddle, runner
-
-    def eval(self):
-        return self
-
-    def train(self):
-        return self
-
-    def __call__(self, images):
-        return self._paddle.to_tensor(self.runner(images.numpy()))
 
 
 def topk_records(logits: np.ndarray, files: List[str], k: int, names: Dict[int, str]) -> List[dict]:

@@ -1,7 +1,6 @@
 """The two ways to run a trained model, with the same inputs and outputs: the eager layer with
 its weights, or an exported inference model through Paddle Inference (the deployment path).
-Each maps an (N, 3, H, W) float32 batch to logits; `--eval`, `--predict` and training's
-evaluation share them."""
+Each maps an (N, 3, H, W) float32 batch to logits; `--eval` and `--predict` share them."""
 import os
 
 import numpy as np

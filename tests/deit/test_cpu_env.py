@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from deit.cpu_env import configure_cpu_math, cpu_vendor
+from deit.cpu.env import configure_cpu_math, cpu_vendor
 from tests.conftest import ROOT
 
 
@@ -42,11 +42,11 @@ def test_vendor_is_read_from_cpuinfo(tmp_path):
 MMAP_PROBE = """
 import ctypes, sys
 sys.path.insert(0, {root!r})
-from deit.cpu_env import configure_cpu_math
+from deit.cpu.env import configure_cpu_math
 configure_cpu_math()
 if sys.argv[1] == "train":
-    from deit.build import build_training
-    from deit.schema import SCHEMA
+    from deit.build.training import build_training
+    from deit.build.schema import SCHEMA
     from engine.config import load_config
     build_training(load_config(sys.argv[2], schema=SCHEMA))
 class MallInfo2(ctypes.Structure):

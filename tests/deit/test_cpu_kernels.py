@@ -9,8 +9,8 @@ import numpy as np
 import paddle
 import pytest
 
-from deit import cpu_kernels
-from deit.cpu_kernels import KernelsUnavailable
+from deit.cpu import kernels as cpu_kernels
+from deit.cpu.kernels import KernelsUnavailable
 from deit.model import VisionTransformer
 
 needs_compiler = pytest.mark.skipif(cpu_kernels.find_compiler() is None, reason="no C compiler on this machine")
@@ -122,7 +122,7 @@ def _tiny_vit(**kwargs):
 
 
 def test_swapped_model_matches_paddles_ops_in_logits_and_every_gradient(kernels):
-    from deit.cpu_ops import CpuAttention, GELU, LayerNorm, use_cpu_kernels
+    from deit.cpu.ops import CpuAttention, GELU, LayerNorm, use_cpu_kernels
     paddle.seed(3)
     plain = _tiny_vit(drop_path_rate=0.1)
     fast = _tiny_vit(drop_path_rate=0.1)
@@ -146,7 +146,7 @@ def test_swapped_model_matches_paddles_ops_in_logits_and_every_gradient(kernels)
 
 
 def test_swapped_model_matches_timm_logits(kernels):
-    from deit.cpu_ops import use_cpu_kernels
+    from deit.cpu.ops import use_cpu_kernels
     from tests.deit.test_model import FIXTURES, timm_to_paddle
     f = np.load(os.path.join(FIXTURES, "timm_vit_tiny.npz"))
     model = _tiny_vit()
@@ -158,7 +158,7 @@ def test_swapped_model_matches_timm_logits(kernels):
 
 
 def test_a_static_graph_export_takes_paddles_own_ops(kernels, tmp_path):
-    from deit.cpu_ops import use_cpu_kernels
+    from deit.cpu.ops import use_cpu_kernels
     model = use_cpu_kernels(_tiny_vit(), kernels)
     model.eval()
     x = paddle.randn([2, 3, 32, 32])
@@ -176,7 +176,7 @@ def test_without_a_working_compiler_load_says_why(monkeypatch, tmp_path):
     with pytest.raises(KernelsUnavailable, match="does not run"):
         cpu_kernels.load(str(tmp_path))
     monkeypatch.setenv("CC", shutil.which("false") or "false")
-    with pytest.raises(KernelsUnavailable, match="could not build .*cpu_kernels.c"):
+    with pytest.raises(KernelsUnavailable, match="could not build .*kernels.c"):
         cpu_kernels.load(str(tmp_path))
     assert os.listdir(tmp_path) == []  # nothing half-built left behind
     monkeypatch.delenv("CC")
@@ -268,8 +268,8 @@ def _layer_types(model):
 
 @needs_compiler
 def test_the_wiring_swaps_the_kernels_in_for_fp32_cpu_training_only(tiny_config):
-    from deit.build import build_training
-    from deit.schema import SCHEMA
+    from deit.build.training import build_training
+    from deit.build.schema import SCHEMA
     from engine.config import load_config
     assert {"GELU", "LayerNorm", "CpuAttention"} <= _layer_types(
         build_training(load_config(tiny_config, schema=SCHEMA)).engine.model)
@@ -279,9 +279,9 @@ def test_the_wiring_swaps_the_kernels_in_for_fp32_cpu_training_only(tiny_config)
 
 
 def test_without_a_compiler_training_says_so_once_and_runs_on_paddles_ops(tiny_config, monkeypatch, capsys):
-    from deit.build import build_training
+    from deit.build.training import build_training
     from deit.errors import SetupError
-    from deit.schema import SCHEMA
+    from deit.build.schema import SCHEMA
     from engine.config import load_config
     monkeypatch.setattr(cpu_kernels, "find_compiler", lambda: None)
     model = build_training(load_config(tiny_config, ["EMA.decay=0.999"], schema=SCHEMA)).engine.model
@@ -296,8 +296,8 @@ def test_without_a_compiler_training_says_so_once_and_runs_on_paddles_ops(tiny_c
 def test_frozen_parameters_train_as_with_paddles_own_layers(kernels, frozen):
     """A PyLayer that returns a gradient for an input with stop_gradient makes Paddle raise: a
     linear probe (frozen backbone, trained head) or frozen LayerNorms must still train."""
-    from deit.cpu_linear import use_gemm_bias
-    from deit.cpu_ops import use_cpu_kernels
+    from deit.cpu.linear import use_gemm_bias
+    from deit.cpu.ops import use_cpu_kernels
     paddle.seed(5)
     plain, fast = _tiny_vit(), _tiny_vit()
     fast.set_state_dict(plain.state_dict())

@@ -181,11 +181,12 @@ def test_list_file_errors_name_file_and_line(tmp_path):
 
 
 def test_plsc_train_and_eval_transforms_build_and_are_deterministic():
-    import yaml
+    from deit.build.schema import SCHEMA
     from deit.data.transforms import build_transforms
-    root = ROOT
-    with open(os.path.join(root, "configs", "plsc", "DeiT_base_patch16_224_in1k_1n8c_dp_fp16o2.yaml")) as f:
-        cfg = yaml.safe_load(f)
+    from engine.config import load_config
+    # read as run.py reads it: the config reader turns PLSC's `1.0/255.0` into a number
+    cfg = load_config(os.path.join(ROOT, "configs", "plsc", "DeiT_base_patch16_224_in1k_1n8c_dp_fp16o2.yaml"),
+                      [], SCHEMA)
     train = build_transforms(cfg["DataLoader"]["Train"]["dataset"]["transform_ops"])
     evaluate = build_transforms(cfg["DataLoader"]["Eval"]["dataset"]["transform_ops"])
     img = Image.fromarray((np.random.default_rng(0).random((350, 400, 3)) * 255).astype(np.uint8))
@@ -305,15 +306,15 @@ def test_repeated_augmentation_copies_are_different_views_of_one_image(tiny_data
     32 px), 2 ranks, 2 epochs: every copy differs from every other copy of its image in its epoch."""
     import os
     from collections import defaultdict
-    from deit.build import build_dataset
+    from deit.build.components import build_dataset
     ops = [{"DecodeImage": {"to_rgb": True, "channel_first": False}},
            {"RandCropImage": {"size": 32, "interpolation": "bicubic", "backend": "pil"}},
            {"RandFlipImage": {"flip_code": 1}},
            {"TimmAutoAugment": {"config_str": "rand-m9-mstd0.5-inc1", "interpolation": "bicubic", "img_size": 32,
                                 "mean": [0.485, 0.456, 0.406]}},
-           {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+           {"NormalizeImage": {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                                "order": ""}},
-           {"RandomErasing": {"EPSILON": 0.25, "sl": 0.02, "sh": "1.0/3.0", "r1": 0.3, "attempt": 10,
+           {"RandomErasing": {"EPSILON": 0.25, "sl": 0.02, "sh": 1.0 / 3.0, "r1": 0.3, "attempt": 10,
                               "use_log_aspect": True, "mode": "pixel"}},
            {"ToCHWImage": None}]
     section = {"dataset": {"name": "ImageNetDataset", "image_root": tiny_dataset, "transform_ops": ops,

@@ -82,7 +82,7 @@ def test_init_schemes(scheme, std):
 
 def test_cpu_linear_gradients_match_the_hand_derivation():
     """y = x W + b: dL/dx = g W^T, dL/dW = x^T g, dL/db = sum of g over rows (numpy)."""
-    from deit.cpu_linear import Linear, use_gemm_bias
+    from deit.cpu.linear import Linear, use_gemm_bias
     rng = np.random.default_rng(0)
     layer = use_gemm_bias(paddle.nn.Linear(6, 5))
     assert type(layer) is Linear  # swapped in place: same parameters, same state_dict keys
@@ -103,9 +103,10 @@ def test_cpu_linear_gradients_match_the_hand_derivation():
 def test_the_cpu_gemm_path_is_swapped_in_by_the_wiring_not_built_into_the_model(tiny_config):
     """The model is plain nn.Linear (export, GPU, AMP see Paddle's own layer); fp32 training on
     CPU swaps in the GEMM-bias path, with the same state_dict keys."""
-    from deit.build import build_model, build_training
-    from deit.cpu_linear import Linear as GemmBiasLinear
-    from deit.schema import SCHEMA
+    from deit.build.components import build_model
+    from deit.build.training import build_training
+    from deit.cpu.linear import Linear as GemmBiasLinear
+    from deit.build.schema import SCHEMA
     from engine.config import load_config
 
     def linear_types(model):

@@ -82,7 +82,7 @@ def test_a_rank_that_dies_stops_the_launch_and_leaves_a_good_checkpoint(tiny_con
     assert latest == "step_2.pdckpt"
     from deit.model import VisionTransformer
     from deit.pretrained import shape_problems
-    from hooks.checkpoint import read_checkpoint
+    from hooks.checkpoint_state import read_checkpoint
     model = VisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, class_num=10)
     ckpt = read_checkpoint(str(out / latest), model, shape_problems)
     assert ckpt["engine"]["position"]["iteration"] == 2

@@ -29,8 +29,8 @@ def test_export_gives_the_same_logits_through_jit_load(tiny_config):
     # the README's example as written: the input shape comes from the model (32 px here)
     assert run.main(["-c", tiny_config, "--export", "-o", f"Global.pretrained_model={out}/final"]) == 0
     loaded = paddle.jit.load(os.path.join(out, "inference"))
-    from deit.build import build_model
-    from deit.schema import SCHEMA
+    from deit.build.components import build_model
+    from deit.build.schema import SCHEMA
     from engine.config import load_config
     model = build_model(load_config(tiny_config, schema=SCHEMA)["Model"])
     model.set_state_dict(paddle.load(os.path.join(out, "final.pdparams")))
@@ -169,7 +169,11 @@ def test_the_sdist_holds_its_tests_and_the_wheel_its_configs(tmp_path):
     import zipfile
     root = ROOT
     src = tmp_path / "src"
-    shutil.copytree(root, src, ignore=shutil.ignore_patterns(".git", ".venv*", "output", "*.egg-info", "build"))
+    skipped = shutil.ignore_patterns(".git", ".venv*", "output", "*.egg-info", "__pycache__")
+
+    def ignore(folder, names):  # a top-level build/ is setuptools' own; deit/build/ is ours
+        return set(skipped(folder, names)) | ({"build"} if os.path.samefile(folder, root) else set())
+    shutil.copytree(root, src, ignore=ignore)
     result = subprocess.run([sys.executable, "-c", "from setuptools import build_meta as b; print(b.build_sdist('dist'))"],
                             cwd=src, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -186,6 +190,8 @@ def test_the_sdist_holds_its_tests_and_the_wheel_its_configs(tmp_path):
     files = zipfile.ZipFile(src / "dist" / wheel).namelist()
     assert "configs/demo.yaml" in files and "configs/plsc/DeiT_base_patch16_224_in1k_2n16c_dp_fp16o2.yaml" in files
     assert "run.py" in files and any(f.endswith("LICENSE") for f in files)
+    for package in ("deit/build/training.py", "deit/cpu/kernels.c", "deit/inference/runners.py", "hooks/resume.py"):
+        assert package in files, package  # every package of the layout, and the kernels' C source
 
 
 def test_gpu_check_says_why_it_stops_on_a_machine_without_a_gpu():

@@ -86,8 +86,8 @@ def test_architecture_keys_on_a_named_model_make_a_variant_of_it(how, tiny_confi
 
 
 def test_plsc_model_keys_build_what_they_say():
-    from deit.build import build_model
-    from deit.schema import SCHEMA
+    from deit.build.components import build_model
+    from deit.build.schema import SCHEMA
     from engine.config import validate
     m = validate({"name": "DeiT_tiny_patch16_224", "qkv_bias": False, "epsilon": 1e-5, "attn_drop_rate": 0.25},
                  SCHEMA["Model"], "test")

@@ -58,8 +58,8 @@ def test_predictions_are_the_softmax_of_the_models_logits_and_agree_with_eval(tr
     """Outside references: numpy's softmax of the model's own logits on the eval pipeline, and
     --eval's top-1 on the same list, which counts hits in its own code."""
     import paddle
-    from deit.build import build_eval_loader, build_model
-    from deit.schema import SCHEMA
+    from deit.build.components import build_eval_loader, build_model
+    from deit.build.schema import SCHEMA
     from engine.config import load_config
     config, out = trained
     val_list = os.path.join(tiny_dataset, "val_list.txt")
@@ -191,7 +191,7 @@ def test_eval_on_cpu_runs_paddle_inference_and_agrees_with_the_eager_model(train
 def test_paddle_inference_on_a_gpu_uses_the_device_a_launch_gave_this_rank(monkeypatch):
     """paddle.distributed.launch gives rank r FLAGS_selected_gpus=r; --predict and --eval
     through Paddle Inference took GPU 0 on every rank."""
-    from deit.predict import gpu_id
+    from deit.inference.runners import gpu_id
     monkeypatch.delenv("FLAGS_selected_gpus", raising=False)
     assert gpu_id() == 0
     monkeypatch.setenv("FLAGS_selected_gpus", "3")

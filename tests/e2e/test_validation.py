@@ -13,7 +13,7 @@ from PIL import Image
 
 import run
 from deit.data.datasets import ImageNetDataset
-from deit.schema import SCHEMA
+from deit.build.schema import SCHEMA
 from tests.faults import ROOT, run_cli, write_hooks
 
 PLSC = os.path.join(ROOT, "configs", "plsc", "DeiT_base_patch16_224_in1k_1n8c_dp_fp32.yaml")
@@ -218,7 +218,7 @@ def test_every_number_in_the_schema_has_a_range(tiny_config):
     missing = [key for key, leaf in _leaves(SCHEMA, config)
                if leaf[0] in numeric and len(leaf) < 3 and not _unbounded(key)]
     # every op's arguments, including ops the tiny config does not use
-    from deit.schema import BATCH_TRANSFORM_OPS, LOSS_OPS, METRIC_OPS, TRANSFORM_OPS
+    from deit.build.schema import BATCH_TRANSFORM_OPS, LOSS_OPS, METRIC_OPS, TRANSFORM_OPS
     for ops in (TRANSFORM_OPS, BATCH_TRANSFORM_OPS, LOSS_OPS, METRIC_OPS):
         for name, args in ops.items():
             for arg, leaf in _flat(args, name):
@@ -313,7 +313,7 @@ def test_pretrained_model_takes_a_training_checkpoints_weights(tiny_config, tmp_
 
 
 def test_a_paddle_older_than_3_is_refused_in_one_line():
-    from deit.build import check_paddle_version
+    from deit.build.runtime import check_paddle_version
     from deit.errors import SetupError
     for fine in ("3.0.0", "3.3.1", "0.0.0", "3.0.0rc1"):
         check_paddle_version(fine)
@@ -326,9 +326,9 @@ def test_a_gpu_without_the_configured_dtype_is_refused_not_silently_fp32(monkeyp
     amp_decorate checks _is_gpu_bfloat16_supported), while the run summary said O2. The
     device query is Paddle's; here it answers as a V100 would for bfloat16."""
     import paddle
-    from deit.build import check_low_precision_support
+    from deit.build.runtime import check_low_precision_support
     from deit.errors import SetupError
-    from deit.schema import SCHEMA
+    from deit.build.schema import SCHEMA
     from engine.config import load_config
     cfg = load_config(PLSC, ["FP16.level=O2", "FP16.dtype=bfloat16"], SCHEMA)
     monkeypatch.setattr(paddle.amp, "is_bfloat16_supported", lambda device=None: False)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from deit.schema import SCHEMA
+from deit.build.schema import SCHEMA
 from engine.config import ConfigError, load_config
 from tests.conftest import ROOT
 

@@ -150,17 +150,50 @@ def test_every_on_an_event_without_a_count_is_refused():
         engine.on(Events.ITER_END, lambda e: None, once=0)
 
 
-def test_a_stateful_hook_after_the_checkpoint_is_warned_about():
-    from engine import Priority
-    engine = Engine(_step, [0])
-    for late in (Priority.CHECKPOINT, Priority.CHECKPOINT + 1):
-        with pytest.warns(UserWarning, match="keeps state but runs at or after the checkpoint"):
-            engine.register(Counting([], key=f"late {late}", priority=late))
+class Saver(Hook):
+    """Stands in for the checkpoint: the engine knows it by `writes_checkpoints`, not by name."""
+
+    writes_checkpoints = True
+
+    def __init__(self, priority):
+        self.priority = priority
+
+    def iter_end(self, engine):
+        pass
+
+
+def test_a_stateful_hook_at_or_after_the_checkpoint_is_warned_about_in_either_registration_order():
     import warnings
+    engine = Engine(_step, [0])
+    engine.register(Saver(90))
+    for late in (90, 91):
+        with pytest.warns(UserWarning, match="keeps state but runs at or after Saver"):
+            engine.register(Counting([], key=f"late {late}", priority=late))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        engine.register(Counting([], key="early", priority=Priority.CHECKPOINT - 1))
-        engine.register(Recorder([], key="stateless late", priority=Priority.CHECKPOINT + 5))
+        engine.register(Counting([], key="early", priority=89))
+        engine.register(Recorder([], key="stateless late", priority=95))
+    first = Engine(_step, [0])
+    first.register(Counting([], key="registered first", priority=95))
+    with pytest.warns(UserWarning, match="Counting.*keeps state but runs at or after Saver"):
+        first.register(Saver(90))
+    with warnings.catch_warnings():  # no checkpoint writer: nothing to lag behind
+        warnings.simplefilter("error")
+        Engine(_step, [0]).register(Counting([], key="alone", priority=95))
+
+
+def test_the_built_in_order_puts_the_checkpoint_after_every_stateful_built_in_hook():
+    """hooks/order.py: each stateful built-in hook runs before CHECKPOINT, the user's named
+    places sit where their names say, and the engine's scale holds the built-in one."""
+    from engine import Priority
+    from hooks.order import Order
+    for stateful in (Order.TRAIN_METER, Order.NAN_GUARD, Order.EMA, Order.EVALUATE, Order.NORMAL,
+                     Order.METRICS_LOG, Order.BEFORE_CHECKPOINT):
+        assert stateful < Order.CHECKPOINT
+    assert Order.LR_SCHEDULE < Order.AFTER_LR_SCHEDULE < Order.GRAD_SCALER
+    assert Order.CHECKPOINT < Order.STOP_ON_SIGNAL < Order.AFTER_CHECKPOINT < Order.PROGRESS
+    assert Order.NORMAL == Priority.NORMAL
+    assert Priority.FIRST <= min(Order) and max(Order) <= Priority.LAST
 
 
 def test_only_overridden_methods_are_dispatched():

@@ -6,10 +6,13 @@ import numpy as np
 import paddle
 import pytest
 
-from engine import Engine, Events, Hook, Priority
+from engine import Engine, Events, Hook
+from hooks.order import Order
 from hooks.checkpoint import Checkpoint
 from hooks.grad_scaler import GradScaler
 from hooks.lr_schedule import LRSchedule
+from hooks.checkpoint_state import CheckpointContents
+from hooks.resume import Resumer
 from hooks.run_directory import RunDirectory
 from hooks.train_meter import TrainMeter
 
@@ -23,7 +26,7 @@ def _loss_step(engine, batch):
 class Collect(Hook):
     """Keeps every fresh record of `kind` (with its parts) it sees at ITER_END."""
 
-    priority = Priority.PROGRESS
+    priority = Order.PROGRESS
 
     def __init__(self, kind):
         self.kind, self.seen = kind, []
@@ -121,7 +124,7 @@ def _train_step(model, optimizer):
 class FakeEval(Hook):
     """Puts an "eval" report whose `is_best` follows `bests`, and fires EVAL_END, per epoch."""
 
-    priority = Priority.EVALUATE
+    priority = Order.EVALUATE
 
     def __init__(self, bests):
         self.bests = list(bests)
@@ -139,9 +142,11 @@ def _checkpointed(tmp_path, bests=(True, False, False), keep=2, epochs=3):
     model, optimizer = _tiny()
     engine = Engine(_train_step(model, optimizer), [1, 2], max_epochs=epochs, model=model, optimizer=optimizer)
     run_dir = RunDirectory(str(tmp_path))
-    checkpoint = Checkpoint(run_dir, model, optimizer, interval=1, unit="epoch", keep=keep)
+    contents = CheckpointContents(model, optimizer)
+    checkpoint = Checkpoint(run_dir, contents, interval=1, unit="epoch", keep=keep)
     engine.register(FakeEval(bests))
     engine.register(checkpoint)
+    engine.resumer = Resumer(run_dir, contents)
     return engine, checkpoint, run_dir, model
 
 
@@ -149,7 +154,7 @@ def test_checkpoint_keeps_the_last_n_writes_latest_best_and_final(tmp_path):
     engine, checkpoint, run_dir, model = _checkpointed(tmp_path)
     best_weights = {}
     engine.on(Events.EPOCH_END, lambda e: best_weights.setdefault(e.state.epoch, model.weight.numpy().copy()),
-              priority=Priority.EVALUATE - 1)
+              priority=Order.EVALUATE - 1)
     with run_dir:
         engine.run()
     names = sorted(os.listdir(tmp_path))
@@ -165,10 +170,19 @@ def test_checkpoint_resume_restores_the_model_optimizer_and_position(tmp_path):
         first.run()
     trained = model.weight.numpy().copy()
     again, checkpoint, run_dir, model = _checkpointed(tmp_path, epochs=3)
+    seen_at_resumed = []
+    again.on(Events.RESUMED, lambda e: seen_at_resumed.append((e.state.resumed.path, model.weight.numpy().copy(),
+                                                               e.state.position())))
     with run_dir:
-        assert checkpoint.resume(again, "auto") == str(tmp_path / "epoch_2.pdckpt")
+        resumed = again.resumer.resume(again, "auto")
+        assert resumed.path == str(tmp_path / "epoch_2.pdckpt") and resumed.world_size == (1, 1)
+        assert resumed.changes == {} and resumed.record is None  # nothing changed: no metrics row
         np.testing.assert_array_equal(model.weight.numpy(), trained)
         assert again.state.position() == {"epoch": 2, "iteration": 4, "epoch_iter": 2, "epoch_ended": True}
+        # RESUMED fired once, after the weights and the position were back
+        (path, weights, position), = seen_at_resumed
+        assert path == resumed.path and position == again.state.position()
+        np.testing.assert_array_equal(weights, trained)
         steps = []
         again.on(Events.ITER_END, lambda e: steps.append(e.state.iteration))
         again.run()
