@@ -263,15 +263,32 @@ def _plot(argv) -> int:
 
 def _launch(argv) -> int:
     """`launch --nnodes 2 --master IP:PORT --nproc_per_node 8 [...] -- -c CONFIG [-o ...]`."""
-    if "--" not in argv or argv[:1] in (["-h"], ["--help"]):
+    asked = argv[:1] in (["-h"], ["--help"])
+    if "--" not in argv or asked:
+        from engine.launch import CONNECT_TIMEOUT_S
         print(f"usage: {_prog()} launch [paddle.distributed.launch options] -- -c CONFIG [-o KEY=VALUE ...]\n"
               f"runs this program under paddle.distributed.launch; if no worker has started after "
-              f"DEIT_CONNECT_TIMEOUT seconds (default 900: a node that never joined), it stops the launch "
-              f"with one line", file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+              f"DEIT_CONNECT_TIMEOUT seconds (default {CONNECT_TIMEOUT_S}: a node that never joined), it stops "
+              f"the launch with one line", file=sys.stdout if asked else sys.stderr)
+        if asked:
+            print("\n" + _launcher_options())
+        return 0 if asked else 2
     from engine.launch import supervised_launch
     cut = argv.index("--")
     return supervised_launch(argv[:cut], os.path.abspath(__file__), argv[cut + 1:])
+
+
+def _launcher_options() -> str:
+    """paddle.distributed.launch's own option list (its --help from "options:" on), so that
+    `launch --help` shows what goes before the `--`."""
+    import subprocess
+    try:
+        result = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--help"],
+                                capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(paddle.distributed.launch --help could not run: {exc})"
+    text = result.stdout
+    return "paddle.distributed.launch " + text[text.find("options:"):] if "options:" in text else text
 
 
 def _export(cfg) -> int:
@@ -319,10 +336,14 @@ def _evaluate(cfg) -> int:
               f"loss={metrics['loss']:.6f} images={metrics['count']} devices={dist.world_size()} weights={weights} "
               f"backend={backend}")
         if sys.stdout.isatty():  # the line above is for logs and scripts; the table for a person
-            table = Table(title=f"Evaluation of {weights} ({backend})")
+            table = Table(title="Evaluation")  # a long weights path goes in a row, folded, not in the title
+            table.add_column("", no_wrap=True)
+            table.add_column("", overflow="fold")
             for key in ("top1", "top5", "loss", "count"):
                 if key in metrics:
                     table.add_row(key, f"{metrics[key]:.4f}" if isinstance(metrics[key], float) else str(metrics[key]))
+            table.add_row("weights", str(weights))
+            table.add_row("backend", backend)
             Console().print(table)
     return 0
 

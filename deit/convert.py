@@ -97,8 +97,7 @@ def main(argv=None) -> int:
         if args.model not in FACTORIES:
             raise unknown("model", args.model, FACTORIES)
         model = FACTORIES[args.model](class_num=args.class_num)
-        expected = {k: list(v.shape) for k, v in model.state_dict().items()}
-        state = fit_state_dict(timm_to_paddle(read_weights(args.src), args.src), expected, args.src)
+        state = fit_state_dict(timm_to_paddle(read_weights(args.src), args.src), model.state_dict(), args.src)
         tmp = args.dst + ".tmp"
         paddle.save({k: paddle.to_tensor(v.astype(np.float32)) for k, v in state.items()}, tmp)
         os.replace(tmp, args.dst)

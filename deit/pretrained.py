@@ -49,13 +49,19 @@ def _bicubic_matrix(n_in: int, n_out: int, a: float = -0.5) -> np.ndarray:
     return m
 
 
+def shapes(state: dict) -> dict:
+    """name -> shape as a list, of arrays or tensors (a name -> shape map passes through)."""
+    return {k: list(v) if isinstance(v, (list, tuple)) else list(v.shape) for k, v in state.items()}
+
+
 def fit_state_dict(state: dict, expected: dict, source: str, log=print) -> dict:
-    """`state`: name -> array from a file; `expected`: our name -> shape.
+    """`state`: name -> array from a file; `expected`: the model's state_dict (or name -> shape).
 
     A head of another class count is dropped (the model keeps its fresh head) with a notice; a
     pos_embed for another image size is resampled; anything else that differs is an error that
     lists every offending key and shape."""
     state = {k: np.asarray(v) for k, v in state.items()}
+    expected = shapes(expected)
     head_w = state.get("head.weight")
     if head_w is not None and "head.weight" in expected and list(head_w.shape) != list(expected["head.weight"]):
         log(f"{source}: head has {head_w.shape[-1]} classes, the model {expected['head.weight'][-1]}: "
@@ -66,8 +72,7 @@ def fit_state_dict(state: dict, expected: dict, source: str, log=print) -> dict:
         old = state["pos_embed"].shape[1]
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], expected["pos_embed"][1])
         log(f"{source}: resampled pos_embed from {old} to {expected['pos_embed'][1]} tokens (bicubic)")
-    problems = shape_problems({k: list(v.shape) for k, v in state.items()},
-                              {k: s for k, s in expected.items() if k in state or not k.startswith("head.")})
+    problems = shape_problems(state, {k: s for k, s in expected.items() if k in state or not k.startswith("head.")})
     if problems:
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
     return state
@@ -90,7 +95,9 @@ def in_model_dtypes(state: dict, model_state: dict) -> dict:
 
 
 def shape_problems(found: dict, expected: dict, limit: int = 8) -> list:
-    """Every missing, unexpected and mis-shaped key (name -> shape lists), the first `limit`."""
+    """Every missing, unexpected and mis-shaped key, the first `limit`: of two state_dicts
+    (arrays or tensors) or name -> shape maps."""
+    found, expected = shapes(found), shapes(expected)
     problems = [f"missing {k} {list(s)}" for k, s in expected.items() if k not in found]
     problems += [f"unexpected {k} {list(found[k])}" for k in found if k not in expected]
     problems += [f"{k}: file {list(found[k])} vs model {list(s)}"

@@ -33,7 +33,7 @@ class CheckpointContents:
     Checkpoint hook (writing) and hooks/resume.py (reading): the model and optimizer, the
     run's resolved `config`, `facts` a resume must find unchanged (e.g. the number of training
     images), the launch's `world_size`; `shape_problems(found, expected)` describes how two
-    name -> shape maps differ; `weights()` is what .pdparams files hold (the model's
+    state_dicts' names and shapes differ; `weights()` is what .pdparams files hold (the model's
     state_dict unless told: the fp32 masters under O2)."""
 
     def __init__(self, model, optimizer=None, config: Optional[dict] = None, facts: Optional[dict] = None,
@@ -142,12 +142,10 @@ def _layout_problem(value, layout, where):
 
 
 def check_fit(ckpt, path: str, model, shape_problems) -> None:
-    """Refuse a checkpoint of another model. `shape_problems(found, expected)` lists
-    differences between name -> shape maps. (Another launch size is fine: the data position is
+    """Refuse a checkpoint of another model. `shape_problems(found, expected)` lists how two
+    state_dicts' names and shapes differ. (Another launch size is fine: the data position is
     kept in global terms, see hooks/data_position.py.)"""
-    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
-    found = {k: list(np.shape(v)) for k, v in ckpt["model"].items()}
-    problems = shape_problems(found, expected)
+    problems = shape_problems(ckpt["model"], model.state_dict())
     if problems:
         raise CheckpointError(f"Global.checkpoint: {path} was saved from another model: " + "; ".join(problems))
 

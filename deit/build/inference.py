@@ -48,7 +48,7 @@ def build_predictor(cfg):
 def model_for_inference(cfg, model):
     """The model `--eval` runs: the trained layer, or (Infer.backend auto on CPU, or
     paddle_inference) the same weights exported and run by Paddle Inference with oneDNN,
-    1.8-3.4x faster on CPU (bench/eval_speed.py). Returns (model, backend name)."""
+    faster on CPU (bench/eval_speed.py). Returns (model, backend name)."""
     if not _deploy(cfg):
         return model, "eager"
     runner = _inference_model(cfg, _export_to_temp(model))

@@ -29,7 +29,7 @@ def setup_runtime(cfg) -> None:
             raise SetupError(f"Global.flags: {paddle_message(exc)}") from None
     if global_cfg["device"] == "cpu":
         # Paddle's CPU copy of strided views (transpose/split outputs and their grads) is
-        # slow: contiguous outputs make a DeiT-Ti step 1.4x faster here (bench/NOTES.md).
+        # slow: contiguous outputs are faster (bench/NOTES.md, "Contiguous views on CPU").
         paddle.set_flags({"FLAGS_use_stride_kernel": False})
     dist.init_if_launched()
     seed = global_cfg["seed"] + dist.rank()

@@ -35,8 +35,7 @@ def load_pretrained(model, prefix: str, finetune: bool = False) -> None:
     if finetune and any(k in state for k in ("head.weight", "head.bias")):
         print(f"Global.finetune: dropping head.weight/head.bias of {path}; the new head starts from its init")
         state = {k: v for k, v in state.items() if k not in ("head.weight", "head.bias")}
-    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
-    fitted = fit_state_dict(state, expected, f"Global.pretrained_model {path}")
+    fitted = fit_state_dict(state, model.state_dict(), f"Global.pretrained_model {path}")
     model.set_state_dict(in_model_dtypes(fitted, model.state_dict()))
 
 

@@ -1,15 +1,15 @@
 """CPU math settings that must be in the environment before Paddle (and its MKL) loads.
 
-Two measured effects on our 2-core AMD EPYC (bench/NOTES.md):
-- Paddle runs one OpenMP thread unless OMP_NUM_THREADS says otherwise: 27 vs 50 GFLOP/s.
+Two effects (measured in bench/NOTES.md, changes 1 and 2):
+- Paddle runs one OpenMP thread unless OMP_NUM_THREADS says otherwise.
 - Paddle's bundled MKL picks a slow generic kernel on non-Intel CPUs; MKL_DEBUG_CPU_TYPE=5
-  makes it use its AVX2 path: ViT matmuls go from 40-60 to 90-170 GFLOP/s.
+  makes it use its AVX2 path.
 And one for eager training only, set when a CPU training run is built (mallopt acts at any
 time): glibc serves every allocation above 128 KB with a fresh mmap and unmaps it on free, so
-each Paddle CPU op that allocates its output pays page faults over all of it (an add over 1 M
-floats: 1.1 ms, 0.06 ms from the heap). Keeping blocks under 1 GiB in the heap: DeiT-Ti step
-21-22 -> 23 img/s, peak RSS +5%. Not at start-up: Paddle Inference with oneDNN (--eval,
---predict) runs the demo model at half speed with it.
+each Paddle CPU op that allocates its output pays page faults over all of it; freed blocks
+under 1 GiB now stay in the heap (faster steps, a few percent more peak RSS). Not at start-up:
+Paddle Inference with oneDNN (--eval, --predict) is slower with it (bench/NOTES.md, "glibc's
+mmap threshold").
 This module imports nothing heavy, so it can run first.
 """
 import ctypes

@@ -1,9 +1,9 @@
 """A CPU training path for nn.Linear that keeps the bias inside GEMMs, swapped in by the wiring.
 
-Paddle's CPU `x @ W + b` adds the bias in a separate broadcast pass (13 ms for a DeiT-Ti fc1
-output, batch 32, next to a 19 ms GEMM) and its backward sums the output gradient over rows
-with a slow column reduction (17 ms); `addmm` adds the bias inside the GEMM, and `ones @ grad`
-is the same sum on the GEMM path (bench/NOTES.md).
+Paddle's CPU `x @ W + b` adds the bias in a separate broadcast pass and its backward sums the
+output gradient over rows with a slow column reduction; `addmm` adds the bias inside the GEMM,
+and `ones @ grad` is the same sum on the GEMM path (bench/NOTES.md, "Bias gradient as a GEMM",
+has the timings).
 The model is built with nn.Linear; `use_gemm_bias(model)` turns its Linear layers into this
 subclass for fp32 training on CPU (same parameters and state_dict). Without grad (evaluation)
 or in a static graph (export) a swapped layer takes nn.Linear's own path.

@@ -36,8 +36,7 @@ def gpu_id() -> int:
 
 class InferenceModel:
     """An exported model (`PREFIX.json` + `PREFIX.pdiparams`) run by Paddle Inference. On CPU
-    with oneDNN: 1.8-2x timm's eval throughput here, 2.4-3.4x our eager model's
-    (bench/eval_speed.py)."""
+    with oneDNN: faster than timm's and our eager forward (bench/eval_speed.py measures it)."""
 
     name = "paddle.inference"
 

@@ -47,6 +47,29 @@ def test_eval_mode_reports_the_same_top1_as_training(tiny_config, capsys):
     assert run.main(["-c", tiny_config, "--eval", "-o", "Global.checkpoint=auto"]) == 0
     printed = capsys.readouterr().out
     assert f"{last_eval['top1']:.4f}" in printed and "epoch_2.pdckpt" in printed
+    assert "Evaluation" not in printed  # not a terminal: the one line only
+
+
+def test_eval_on_a_terminal_adds_a_table_whose_title_a_long_path_does_not_break(tiny_config, capsys, monkeypatch):
+    import io
+    from rich.console import Console
+    _train(tiny_config)
+    out = _out(tiny_config)
+    capsys.readouterr()
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    monkeypatch.setattr("rich.console.Console", lambda: Console(file=terminal, width=60, force_terminal=False))
+    assert run.main(["-c", tiny_config, "--eval", "-o", f"Global.pretrained_model={out}/final"]) == 0
+    lines = terminal.getvalue().splitlines()
+    assert lines[0].startswith("eval: top1=")  # the line for logs comes first
+    assert any(line.strip() == "Evaluation" for line in lines)  # a title on one line, whole
+    table = lines[lines.index(next(line for line in lines if line.strip() == "Evaluation")) + 1:]
+    assert all(len(line) <= 60 for line in table)
+    assert any("weights" in line for line in table) and any("top1" in line for line in table)
 
 
 def test_eval_without_weights_is_a_clear_error(tiny_config, capsys):

@@ -106,7 +106,10 @@ def test_help_lists_every_mode_under_the_name_it_was_called_by(monkeypatch, caps
     assert run.main(["plot", "--help"]) == 0
     assert "usage: deit-train plot [-h] OUTPUT_DIR" in capsys.readouterr().out
     assert run.main(["launch", "--help"]) == 0
-    assert "usage: deit-train launch [paddle.distributed.launch options] -- -c CONFIG" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "usage: deit-train launch [paddle.distributed.launch options] -- -c CONFIG" in text
+    for option in ("--nnodes", "--master", "--nproc_per_node", "--devices"):  # the launcher's own list
+        assert option in text, option
     assert run.main(["launch", "--nnodes", "2"]) == 2  # no "--": what to run is missing
     assert "usage: deit-train launch" in capsys.readouterr().err
     assert run.main(["plot"]) == 2
