@@ -11,6 +11,9 @@ import pytest
 from tests.conftest import ROOT
 from tests.faults import launch as _launch
 
+# launches use the launcher's ports: one at a time (pytest-xdist runs a group on one worker)
+pytestmark = pytest.mark.xdist_group("launch")
+
 
 HOOKS = '''
 import os, paddle

@@ -9,6 +9,9 @@ import pytest
 from deit.schedule import TimmCosine
 from tests.faults import HOOKS as FAULT_HOOKS, launch, run_cli
 
+# launches use the launcher's ports: one at a time (pytest-xdist runs a group on one worker)
+pytestmark = pytest.mark.xdist_group("launch")
+
 RECORD = '''
 import json, os
 from engine import Hook, dist

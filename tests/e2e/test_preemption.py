@@ -119,6 +119,7 @@ def _launch_logs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("launch")
 def test_ranks_whose_launcher_was_killed_stop_with_a_checkpoint(tiny_config, tmp_path):
     """SIGKILL to paddle.distributed.launch: its ranks trained on headless and held the run's
     lock. They notice their new parent at the next report step, save and stop, together."""
@@ -146,6 +147,7 @@ def test_ranks_whose_launcher_was_killed_stop_with_a_checkpoint(tiny_config, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("launch")
 def test_sigterm_to_a_two_process_launch_saves_at_the_step_end(tiny_config, tmp_path):
     """`scancel` or `timeout` signal the launcher, both ranks and their workers at once."""
     launcher, out, go = _held_launch(tmp_path, tiny_config, "DataLoader.Train.loader.num_workers=1")

@@ -3,6 +3,7 @@ output paths are the only things substituted, so a renamed key or flag fails her
 import os
 import re
 import shlex
+import sys
 
 import run
 from tests.conftest import ROOT, write_tiny_config
@@ -62,6 +63,7 @@ def test_the_hook_examples_run_as_written(tiny_config, tmp_path, monkeypatch, ca
     assert code.startswith("# my_hooks.py")
     (tmp_path / "my_hooks.py").write_text(code)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_hooks", raising=False)  # another test's my_hooks, imported before
     stop = re.search(r"`(python run.py -c configs/demo.yaml -o \"Hooks=.*?)`", section, re.S).group(1)
     args = _substituted(shlex.split(stop.replace("\n", " "))[2:], tiny_config, "", "")
     args = [a.replace("threshold: 0.7", "threshold: 100") for a in args]  # the tiny model stops at once
