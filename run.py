@@ -201,7 +201,7 @@ def _run(cfg, training, resumed, summary) -> int:
     except UserError as exc:  # printed here, so that train.log has it too
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except SystemError as exc:
+    except (SystemError, OSError) as exc:  # inside a backward (a PyLayer's), Paddle wraps it in OSError
         worker = _dead_worker(exc)
         if worker is None:
             raise
@@ -223,7 +223,8 @@ def _run(cfg, training, resumed, summary) -> int:
 
 def _dead_worker(exc: BaseException):
     """(pid, signal name) from Paddle's "DataLoader process (pid N) exited is killed by signal:
-    Killed", raised in the trainer by its SIGCHLD handler when a worker dies on its own; else None."""
+    Killed", raised in the trainer by its SIGCHLD handler when a worker dies on its own: a
+    SystemError, or an OSError quoting it when the handler ran inside a backward pass; else None."""
     import re
     import signal
     found = re.search(r"DataLoader process \(pid (\d+)\) exited is killed by signal: ?([\w ]+)", str(exc))

@@ -88,6 +88,19 @@ def test_a_worker_killed_on_its_own_is_one_line_naming_it(tiny_config, tmp_path)
     assert (out / "latest.txt").read_text().strip() == "step_2.pdckpt"
 
 
+def test_a_worker_death_is_named_also_when_it_lands_inside_a_backward_pass():
+    """Paddle's SIGCHLD handler raises wherever the trainer is; inside a PyLayer's backward the
+    SystemError reaches the trainer wrapped in an OSError (seen on a loaded machine)."""
+    import run
+    wrapped = OSError("(External) \n{\n    ===== Error message in backward of GradNodePyLayer__LinearBiasByGemm(0x55) =====\n"
+                      "    SystemError: (Fatal) DataLoader process (pid 12847) exited is killed by signal: Killed. "
+                      "(at /paddle/paddle/fluid/imperative/data_loader.cc:185)\n}")
+    assert run._dead_worker(wrapped) == ("12847", "SIGKILL")
+    assert run._dead_worker(SystemError("(Fatal) DataLoader process (pid 7) exited is killed by signal: "
+                                        "Terminated.")) == ("7", "SIGTERM")
+    assert run._dead_worker(OSError("No space left on device")) is None
+
+
 def _held_launch(tmp_path, tiny_config, *overrides):
     """run.py under paddle.distributed.launch (2 gloo processes) in a session of its own, held
     at the end of step 3 until tmp_path/go exists (tmp_path/at_step says it got there)."""
