@@ -73,9 +73,10 @@ def worker_parser(doc: str, workers, batch: int, steps: int):
     return p
 
 
-def spawn_worker(python: str, script: str, worker_args, drop_env=()):
+def spawn_worker(python: str, script: str, worker_args, drop_env=(), full: bool = False):
     """Run `script --worker ...` in a fresh process; returns (img/s, None) or (None, the error's
-    last line). `drop_env`: variables we set for Paddle that a reference run must not see."""
+    last line); with `full`, the worker's whole JSON record instead of its img/s. `drop_env`:
+    variables we set for Paddle that a reference run must not see."""
     import json
     import subprocess
     env = {k: v for k, v in os.environ.items() if k not in drop_env}
@@ -83,7 +84,8 @@ def spawn_worker(python: str, script: str, worker_args, drop_env=()):
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         return None, (result.stderr.strip().splitlines() or ["failed"])[-1]
-    return json.loads(lines[-1])["img_per_s"], None
+    record = json.loads(lines[-1])
+    return (record if full else record["img_per_s"]), None
 
 
 # the timm scripts' dataset: PLSC's list file (`relative/path label`) under the demo's root

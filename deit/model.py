@@ -117,37 +117,57 @@ class PatchEmbed(nn.Layer):
 
 class VisionTransformer(nn.Layer):
     """ViT as in DeiT: patch conv, cls token, learned position embedding, pre-norm blocks,
-    final LayerNorm, linear head on the cls token. Drop-path grows linearly over depth."""
+    final LayerNorm, linear head on the cls token. Drop-path grows linearly over depth.
+
+    `distilled`: DeiT's distillation token after the cls token, with its own position slot and
+    head (`dist_token`, `head_dist`: facebookresearch/deit's DistilledVisionTransformer, timm's
+    VisionTransformerDistilled). In training it returns both heads' logits (class, distillation)
+    for the distillation loss; in eval mode their mean, as the official code does."""
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, class_num=1000, embed_dim=768,
                  depth=12, num_heads=12, mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
-                 init="deit", qkv_bias=True, epsilon=1e-6, attn_drop_rate=0.0):
+                 init="deit", qkv_bias=True, epsilon=1e-6, attn_drop_rate=0.0, distilled=False):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.class_num, self.img_size, self.patch_size = class_num, img_size, patch_size
+        self.distilled = distilled
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
-        self.pos_embed = self.create_parameter([1, num_patches + 1, embed_dim], default_initializer=_zeros)
+        prefix = 2 if distilled else 1
+        self.pos_embed = self.create_parameter([1, num_patches + prefix, embed_dim], default_initializer=_zeros)
         self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=_zeros)
+        if distilled:
+            self.dist_token = self.create_parameter([1, 1, embed_dim], default_initializer=_zeros)
         self.pos_drop = nn.Dropout(drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.LayerList([Block(embed_dim, num_heads, mlp_ratio, drop_rate, r, qkv_bias, epsilon,
                                           attn_drop_rate) for r in rates])
         self.norm = nn.LayerNorm(embed_dim, epsilon=epsilon)
         self.head = nn.Linear(embed_dim, class_num) if class_num > 0 else nn.Identity()
+        if distilled:
+            self.head_dist = nn.Linear(embed_dim, class_num) if class_num > 0 else nn.Identity()
         init_weights(self, init)
 
     def forward_features(self, x):
+        """The final LayerNorm's output at the prefix tokens: cls, or (cls, dist) if distilled."""
         x = self.patch_embed(x)
-        cls = self.cls_token.expand([x.shape[0], -1, -1])
-        x = self.pos_drop(paddle.concat([cls, x], axis=1) + self.pos_embed)
+        tokens = [self.cls_token] + ([self.dist_token] if self.distilled else [])
+        prefix = [t.expand([x.shape[0], -1, -1]) for t in tokens]
+        x = self.pos_drop(paddle.concat(prefix + [x], axis=1) + self.pos_embed)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)[:, 0]
+        x = self.norm(x)
+        return (x[:, 0], x[:, 1]) if self.distilled else x[:, 0]
 
-    def forward(self, x):
-        return self.head(self.forward_features(x))
+    def forward(self, x, both_heads=None):
+        """Logits; a distilled model's (class, distillation) pair in training or with
+        `both_heads=True` (an evaluation of each head), else their mean."""
+        if not self.distilled:
+            return self.head(self.forward_features(x))
+        cls, dist = self.forward_features(x)
+        cls, dist = self.head(cls), self.head_dist(dist)
+        return (cls, dist) if (self.training if both_heads is None else both_heads) else (cls + dist) / 2
 
 
 def init_weights(model: VisionTransformer, scheme: str = "deit") -> None:
@@ -161,6 +181,8 @@ def init_weights(model: VisionTransformer, scheme: str = "deit") -> None:
     trunc = nn.initializer.TruncatedNormal(mean=0.0, std=std, a=-2.0, b=2.0)
     trunc(model.pos_embed)
     trunc(model.cls_token)
+    if getattr(model, "distilled", False):
+        trunc(model.dist_token)
     for layer in model.sublayers():
         if isinstance(layer, nn.Linear):
             trunc(layer.weight)
@@ -178,11 +200,18 @@ def init_weights(model: VisionTransformer, scheme: str = "deit") -> None:
 
 # The named models: PLSC's factory names, the official architectures (qkv bias, LayerNorm eps 1e-6)
 ARCHITECTURES = {
-    "DeiT_tiny_patch16_224": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),
-    "DeiT_small_patch16_224": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),
-    "DeiT_base_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
-    "DeiT_base_patch16_384": dict(img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
+    "DeiT_tiny_patch16_224": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
+                                  distilled=False),
+    "DeiT_small_patch16_224": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0,
+                                   distilled=False),
+    "DeiT_base_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                                  distilled=False),
+    "DeiT_base_patch16_384": dict(img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                                  distilled=False),
 }
+# DeiT's distilled models (PaddleClas's names): the same architectures with a distillation token
+for _name in ("DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "DeiT_base_patch16_224", "DeiT_base_patch16_384"):
+    ARCHITECTURES[_name.replace("_patch", "_distilled_patch")] = dict(ARCHITECTURES[_name], distilled=True)
 # Model.name VisionTransformer with nothing set: ViT-B/16 at 224 px
 GENERIC = ARCHITECTURES["DeiT_base_patch16_224"]
 
@@ -198,3 +227,7 @@ DeiT_tiny_patch16_224 = FACTORIES["DeiT_tiny_patch16_224"]
 DeiT_small_patch16_224 = FACTORIES["DeiT_small_patch16_224"]
 DeiT_base_patch16_224 = FACTORIES["DeiT_base_patch16_224"]
 DeiT_base_patch16_384 = FACTORIES["DeiT_base_patch16_384"]
+DeiT_tiny_distilled_patch16_224 = FACTORIES["DeiT_tiny_distilled_patch16_224"]
+DeiT_small_distilled_patch16_224 = FACTORIES["DeiT_small_distilled_patch16_224"]
+DeiT_base_distilled_patch16_224 = FACTORIES["DeiT_base_distilled_patch16_224"]
+DeiT_base_distilled_patch16_384 = FACTORIES["DeiT_base_distilled_patch16_384"]

@@ -49,6 +49,9 @@ def _bicubic_matrix(n_in: int, n_out: int, a: float = -0.5) -> np.ndarray:
     return m
 
 
+HEADS = ("head", "head_dist")  # the classifier layers (a distilled model has two)
+
+
 def shapes(state: dict) -> dict:
     """name -> shape as a list, of arrays or tensors (a name -> shape map passes through)."""
     return {k: list(v) if isinstance(v, (list, tuple)) else list(v.shape) for k, v in state.items()}
@@ -62,17 +65,20 @@ def fit_state_dict(state: dict, expected: dict, source: str, log=print) -> dict:
     lists every offending key and shape."""
     state = {k: np.asarray(v) for k, v in state.items()}
     expected = shapes(expected)
-    head_w = state.get("head.weight")
-    if head_w is not None and "head.weight" in expected and list(head_w.shape) != list(expected["head.weight"]):
-        log(f"{source}: head has {head_w.shape[-1]} classes, the model {expected['head.weight'][-1]}: "
-            f"dropping head.weight/head.bias, the new head starts from its init")
-        state.pop("head.weight")
-        state.pop("head.bias", None)
+    for head in HEADS:
+        head_w = state.get(f"{head}.weight")
+        if head_w is not None and f"{head}.weight" in expected and list(head_w.shape) != list(expected[f"{head}.weight"]):
+            log(f"{source}: {head} has {head_w.shape[-1]} classes, the model {expected[f'{head}.weight'][-1]}: "
+                f"dropping {head}.weight/{head}.bias, the new head starts from its init")
+            state.pop(f"{head}.weight")
+            state.pop(f"{head}.bias", None)
     if "pos_embed" in state and "pos_embed" in expected and list(state["pos_embed"].shape) != list(expected["pos_embed"]):
         old = state["pos_embed"].shape[1]
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], expected["pos_embed"][1])
+        prefix = 2 if "dist_token" in expected else 1  # cls (and a distilled model's dist) token
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], expected["pos_embed"][1], num_prefix=prefix)
         log(f"{source}: resampled pos_embed from {old} to {expected['pos_embed'][1]} tokens (bicubic)")
-    problems = shape_problems(state, {k: s for k, s in expected.items() if k in state or not k.startswith("head.")})
+    problems = shape_problems(state, {k: s for k, s in expected.items()
+                                      if k in state or not k.startswith(tuple(h + "." for h in HEADS))})
     if problems:
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
     return state

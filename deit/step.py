@@ -26,6 +26,7 @@ def make_train_step(model, loss_fn, optimizer, precision, accum_steps: int = 1):
     """
 
     no_sync = getattr(model, "no_sync", None)
+    needs_inputs = getattr(loss_fn, "needs_inputs", False)
 
     def step(batch, after_backward=None):
         images, targets = batch
@@ -39,7 +40,9 @@ def make_train_step(model, loss_fn, optimizer, precision, accum_steps: int = 1):
             with contextlib.nullcontext() if last or no_sync is None else no_sync():
                 with precision.autocast():
                     logits = model(images_k)
-                loss = loss_fn(logits, targets_k) * (images_k.shape[0] / n)
+                # a distillation loss also takes the images, for its teacher to see (deit/loss.py)
+                loss = (loss_fn(logits, targets_k, images_k) if needs_inputs else loss_fn(logits, targets_k)) \
+                    * (images_k.shape[0] / n)
                 precision.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
         if after_backward is not None:

@@ -212,7 +212,7 @@ def _validate_given(cfg: dict, schema: dict, where: str, path: str) -> dict:
 def _coerce(value, kind, label):
     if kind == "any" or (value is None and kind in ("str?", "any")):
         return value
-    if value is None and kind in ("int?", "float?", "dict?"):
+    if value is None and kind in ("int?", "float?", "dict?", "bool?", "floats?"):
         return None
     try:
         if kind in ("int", "int?"):
@@ -223,7 +223,7 @@ def _coerce(value, kind, label):
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise ValueError
             return value
-        if kind == "bool":
+        if kind in ("bool", "bool?"):
             if not isinstance(value, bool):
                 raise ValueError
             return value
@@ -246,10 +246,10 @@ def _coerce(value, kind, label):
             if not isinstance(value, list):
                 raise ValueError
             return value
-        if kind in ("floats", "ints"):
+        if kind in ("floats", "floats?", "ints"):
             if not isinstance(value, (list, tuple)) or not value:
                 raise ValueError
-            return [_as_float(v) if kind == "floats" else _as_int(v) for v in value]
+            return [_as_float(v) if kind != "ints" else _as_int(v) for v in value]
         if kind in ("size", "size?"):
             if value is None and kind == "size?":
                 return None
@@ -268,11 +268,11 @@ def _coerce(value, kind, label):
                                   f"{_suggest(str(value), kind)}")
             return value
     except (ValueError, TypeError, SyntaxError, ZeroDivisionError, OverflowError):
-        wanted = {"int": "an integer", "float": "a finite number", "bool": "true or false",
+        wanted = {"int": "an integer", "float": "a finite number", "bool": "true or false", "bool?": "true, false or null",
                   "int?": "an integer or null", "float?": "a finite number or null",
                   "dict?": "a mapping of names to values, or null",
                   "str": "a string", "str?": "a string or null", "float2": "a pair like (0.9, 0.999)",
-                  "list": "a list", "list?": "a list or null", "strs": "a list of strings", "floats": "a list of numbers", "ints": "a list of integers",
+                  "list": "a list", "list?": "a list or null", "strs": "a list of strings", "floats": "a list of numbers", "floats?": "a list of numbers or null", "ints": "a list of integers",
                   "size": "an integer or [height, width]",
                   "size?": "an integer, [height, width] or null"}[kind]
         raise ConfigError(f"{label} must be {wanted}, got {_quoted(value)}") from None

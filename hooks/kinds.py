@@ -7,7 +7,8 @@ constants keep them spelled once.
 
 # TrainMeter, every `print_batch_step` steps and at an epoch's end:
 #   counters (epoch, iteration, epoch_iter, epochs_done), loss, lr, img_per_s,
-#   img_per_s_per_device, img_per_s_run, data_fraction, step_time, eta_s.
+#   img_per_s_per_device, img_per_s_run, data_fraction, step_time, eta_s, and a {part}_fraction
+#   per timed part of the step (teacher_fraction when distilling).
 # Read by GradScaler, MetricsLog, VisualDL, Progress, Checkpoint (report steps).
 TRAIN = "train"
 
@@ -24,7 +25,8 @@ LR = "lr"
 RESUME = "resume"
 
 # Evaluate, after each evaluation, under its name (EVAL, or EVAL_EMA for the EMA model):
-#   counters, top1, top5, loss, count, best_top1, best_epoch, is_best, eval_time.
+#   counters, top1, top5, loss, count, best_top1, best_epoch, is_best, eval_time (and top1_cls,
+#   top1_dist: a distilled model's heads alone).
 # Read by Checkpoint (best.pdparams), MetricsLog, VisualDL, Progress.
 EVAL = "eval"
 EVAL_EMA = "eval_ema"

@@ -114,13 +114,18 @@ class Progress(Hook):
         if self.mode == "off":
             return
         rec = engine.state.reports.latest(engine.state.evaluation.name)
+        heads = "top1_cls" in rec  # a distilled model: each head alone, beside their mean
         self._plain(f"{rec['event']} epoch {rec['epoch']} iter {rec['iteration']}: top1 {rec['top1']:.4f} "
                     f"top5 {rec.get('top5', float('nan')):.4f} loss {rec['loss']:.4f} "
-                    f"(best top1 {rec['best_top1']:.4f} at epoch {rec['best_epoch']})")
+                    + (f"(class head {rec['top1_cls']:.4f}, distillation head {rec['top1_dist']:.4f}) " if heads else "")
+                    + f"(best top1 {rec['best_top1']:.4f} at epoch {rec['best_epoch']})")
         if self.mode == "rich":
+            rows = {"top-1": f"{rec['top1']:.2%}", "top-5": f"{rec.get('top5', float('nan')):.2%}"}
+            if heads:
+                rows.update({"top-1 class head": f"{rec['top1_cls']:.2%}",
+                             "top-1 distillation head": f"{rec['top1_dist']:.2%}"})
             self.console.print(_table(f"{rec['event']} after epoch {rec['epoch']}", {
-                "top-1": f"{rec['top1']:.2%}", "top-5": f"{rec.get('top5', float('nan')):.2%}",
-                "loss": f"{rec['loss']:.4f}", "images": str(rec["count"]),
+                **rows, "loss": f"{rec['loss']:.4f}", "images": str(rec["count"]),
                 "best top-1": f"{rec['best_top1']:.2%} (epoch {rec['best_epoch']})"}))
 
     def completed(self, engine):
@@ -174,7 +179,8 @@ class _LoggedProxy(FileProxy):
 
 
 def _train_text(r) -> str:
-    return (f"loss {r['loss']:.4f} lr {_fmt(r['lr'], '.3e')} img/s {_fmt(r['img_per_s'], '.1f')} "
+    teacher = f" (teacher {r['teacher_fraction']:.0%})" if r.get("teacher_fraction") is not None else ""
+    return (f"loss {r['loss']:.4f} lr {_fmt(r['lr'], '.3e')} img/s {_fmt(r['img_per_s'], '.1f')}{teacher} "
             f"eta {_fmt(r['eta_s'], '.0f')}s")
 
 

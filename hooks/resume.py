@@ -137,9 +137,10 @@ class Resumer:
         wrong = [f"{k}: {saved[k]} then, {v} now" for k, v in self.contents.facts.items()
                  if k in saved and saved[k] != v]
         if wrong:
-            raise CheckpointError(f"Global.checkpoint: {path} belongs to other training data ("
-                                  + "; ".join(wrong) + "): its position in the epoch means nothing "
-                                  "here; start a new run from its weights")
+            what = "other training data" if any(w.startswith("training images") for w in wrong) else "another run"
+            raise CheckpointError(f"Global.checkpoint: {path} belongs to {what} (" + "; ".join(wrong) +
+                                  "): it cannot continue here; resume it with what it was written with, or "
+                                  "start a new run from its weights")
 
     def _check_drift(self, ckpt, path, engine):
         changes = [c for c in differences(ckpt["config"], self.contents.config) if c[0] != "Global.checkpoint"]

@@ -5,6 +5,10 @@ epoch), so there is no host-device sync per step. On a GPU the steps run ahead o
 so a report step takes its time after that read (which waits for every step of the window),
 or the window would end before its work did and overstate img/s. The first `warmup` steps after (re)start are
 left out of the speed figures. Each report is put as "train" in `state.reports`.
+
+`parts` names parts of the step that keep their own clock (name -> cumulative seconds, e.g. the
+distillation teacher's forward): each report gives `{name}_fraction`, its share of the window's
+time (host time: on a GPU, what the host waited for).
 """
 import time
 
@@ -18,9 +22,11 @@ from . import kinds
 class TrainMeter(Hook):
     priority = Order.TRAIN_METER
 
-    def __init__(self, every: int = 10, warmup: int = 2):
+    def __init__(self, every: int = 10, warmup: int = 2, parts=None):
         self.every, self.warmup = max(1, every), warmup
         self.loss_sum, self.loss_count = None, 0
+        self.parts = dict(parts or {})
+        self._part_seconds = {name: 0.0 for name in self.parts}
 
     def started(self, engine):
         self.steps_seen = 0
@@ -35,6 +41,7 @@ class TrainMeter(Hook):
     def _reset_timing(self):
         self.images, self.data_time, self.step_time, self.timed_steps = 0, 0.0, 0.0, 0
         self.window_start = time.perf_counter()
+        self._part_time = {name: 0.0 for name in self.parts}
 
     def epoch_start(self, engine):
         self.last_end = time.perf_counter()  # evaluation and checkpointing are not data time
@@ -42,6 +49,7 @@ class TrainMeter(Hook):
     def iter_start(self, engine):
         self.step_start = time.perf_counter()
         self.data_wait = self.step_start - self.last_end
+        self._part_seconds = {name: clock() for name, clock in self.parts.items()}
 
     def iter_end(self, engine):
         state, out = engine.state, engine.state.output
@@ -58,6 +66,8 @@ class TrainMeter(Hook):
             self.data_time += self.data_wait
             self.step_time += now - self.step_start
             self.timed_steps += 1
+            for name, clock in self.parts.items():
+                self._part_time[name] += clock() - self._part_seconds[name]
         if report:
             state.reports.put(kinds.TRAIN, self._record(state, loss_total))
             self._reset_window()
@@ -80,6 +90,7 @@ class TrainMeter(Hook):
             "data_fraction": self.data_time / busy if busy else None,
             "step_time": per_step,
             "eta_s": per_step * remaining if per_step is not None else None,
+            **{f"{name}_fraction": (seconds / busy if busy else None) for name, seconds in self._part_time.items()},
         }
 
     def state_dict(self):

@@ -1,8 +1,8 @@
 """VisualDL curves, PLSC's `Global.use_visualdl`: scalars under `{output_dir}/vdl` (rank 0).
 
 train/loss, train/lr, train/img_per_s (and train/loss_scale with float16 loss scaling) at each
-report; {eval,eval_ema}/top1, top5 and loss at each evaluation; the x axis is the optimizer
-step. `visualdl --logdir OUTPUT_DIR/vdl` shows them.
+report; {eval,eval_ema}/top1, top5 and loss (and a distilled model's top1_cls, top1_dist) at
+each evaluation; the x axis is the optimizer step. `visualdl --logdir OUTPUT_DIR/vdl` shows them.
 """
 from engine import Hook, dist
 
@@ -40,7 +40,7 @@ class VisualDL(Hook):
         state = engine.state
         record = state.reports.latest(state.evaluation.name)
         if self.writer is not None:
-            for key in ("top1", "top5", "loss"):
+            for key in ("top1", "top5", "loss", "top1_cls", "top1_dist"):  # the heads: a distilled model
                 if key in record:
                     self.writer.add_scalar(tag=f"{record['event']}/{key}", step=record["iteration"],
                                            value=float(record[key]))

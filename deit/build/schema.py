@@ -113,6 +113,23 @@ SCHEMA = {
         "qkv_bias": ("bool", True),                     # PLSC's (its DeiT factories: True)
         "epsilon": ("float", 1e-6, ">0"),               # PLSC's: the LayerNorms' epsilon
         "attn_drop_rate": ("float", 0.0, "[0,1)"),      # PLSC's: dropout on the attention weights
+        "distilled": ("bool?", None),                   # ours: DeiT's distillation token and head
+                                                        # (null: Model.name's; *_distilled_* have them)
+    },
+    "Distillation": {                                   # ours: DeiT's training with a teacher
+        "type": (("none", "soft", "hard"), "hard"),     # the official DistillationLoss's
+        "alpha": ("float", 0.5, "[0,1]"),               # loss = (1 - alpha) * base + alpha * distillation
+        "tau": ("float", 1.0, ">0"),                    # the temperature of `soft`
+        "Teacher": {                                    # unset (no inference_model, no name): no teacher
+            "inference_model": ("str?", None),          # an exported model's PREFIX (.json/.pdmodel + .pdiparams)
+            "name": ("str?", None),                     # or a model: one of ours, or of paddle.vision.models
+            "pretrained_model": ("str?", None),         # its weights (.pdparams), with `name`
+            "class_num": ("int?", None, ">=1"),         # with `name`: null takes Model.class_num
+            "img_size": ("int?", None, ">=1"),          # its input size; null: the student's
+            "mean": ("floats?", None, "[0,1]"),         # its normalization; null: the student's
+            "std": ("floats?", None, ">0"),
+            "interpolation": (("bicubic", "bilinear", "nearest"), "bicubic"),  # resizing to img_size
+        },
     },
     "Loss": {"Train": {"*ops": LOSS_OPS}, "Eval": {"*ops": LOSS_OPS}},
     "LRScheduler": {

@@ -56,6 +56,11 @@ def describe_run(cfg, training) -> str:
                     if variant else "")
     keep = global_cfg["max_num_latest_checkpoint"]
     kept = {-1: "every checkpoint", 0: "the newest checkpoint only"}.get(keep, f"the newest {keep} checkpoints")
+    teacher = cfg["Distillation"]["Teacher"]
+    teacher_line = ([f"teacher {teacher['inference_model'] or teacher['name']}: {cfg['Distillation']['type']} "
+                     f"distillation, alpha {cfg['Distillation']['alpha']:g}"
+                     + (f", tau {cfg['Distillation']['tau']:g}" if cfg["Distillation"]["type"] == "soft" else "")]
+                    if teacher["inference_model"] or teacher["name"] else [])
     return "\n".join([
         f"model   {model_cfg['name']}{variant_text}: {params / 1e6:.2f} M parameters, {gflops:.3f} GFLOPs per image "
         f"(forward), {model.img_size}px, init {model_cfg['init']}",
@@ -70,4 +75,4 @@ def describe_run(cfg, training) -> str:
         f"{kernels}",
         f"output  {global_cfg['output_dir']}: keeps {kept} (Global.max_num_latest_checkpoint {keep}), best.pdparams, "
         f"final.pdparams",
-    ])
+    ] + teacher_line)

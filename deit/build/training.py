@@ -39,6 +39,7 @@ from ..step import make_train_step
 from .checks import check_config, check_pipeline
 from .components import (build_eval_loader, build_evaluation, build_loss, build_model, build_train_loader,
                          lr_scale_for, model_architecture)
+from .distillation import build_distillation
 from .plugins import import_hook
 from .summary import describe_world_change
 from .runtime import cast_on_cpu, check_low_precision_support, cpu_kernels_for, setup_runtime, use_cpu_speed_paths
@@ -49,7 +50,8 @@ from .weights import load_pretrained
 # seen, the step count, the RNG streams) and the model's shapes are defined by them.
 RESUME_FIXED = (
     "Model.name", "Model.class_num", "Model.img_size", "Model.patch_size", "Model.embed_dim",
-    "Model.depth", "Model.num_heads", "Model.mlp_ratio", "Global.accum_steps", "Global.seed",
+    "Model.depth", "Model.num_heads", "Model.mlp_ratio", "Model.distilled", "Global.accum_steps", "Global.seed",
+    "Distillation.Teacher",
     "DataLoader.Train.dataset.name", "DataLoader.Train.dataset.image_root",
     "DataLoader.Train.dataset.cls_label_path", "DataLoader.Train.sampler",
 )
@@ -95,19 +97,25 @@ def build_training(cfg):
     schedule = TimmCosine(sched_cfg["learning_rate"], sched_cfg["eta_min"], sched_cfg["warmup_epoch"],
                           sched_cfg["warmup_start_lr"], global_cfg["epochs"], len(train_loader),
                           sched_cfg["decay_unit"], lr_scale)
-    step = make_train_step(train_model, build_loss(cfg["Loss"]["Train"], "Loss.Train"), optimizer,
-                           precision, global_cfg["accum_steps"])
+    train_loss, teacher, teacher_identity = build_distillation(
+        cfg, build_loss(cfg["Loss"]["Train"], "Loss.Train"), model, precision.autocast)
+    step = make_train_step(train_model, train_loss, optimizer, precision, global_cfg["accum_steps"])
     engine = Engine(engine_step(step), train_loader, max_epochs=global_cfg["epochs"], model=model,
                     optimizer=optimizer)
     run_dir = RunDirectory(global_cfg["output_dir"], is_main=dist.is_main())
     train_log = TrainLog(run_dir.file("train.log"), is_main=dist.is_main())
-    contents = CheckpointContents(model, optimizer, config=cfg, facts={"training images": len(train_loader.dataset)},
+    facts = {"training images": len(train_loader.dataset)}
+    if teacher_identity is not None:
+        facts["teacher"] = teacher_identity  # a resume with another teacher is refused
+    contents = CheckpointContents(model, optimizer, config=cfg, facts=facts,
                                   world_size=dist.world_size(), shape_problems=shape_problems,
                                   weights=partial(fp32_weights, model, optimizer))
     checkpoint = Checkpoint(run_dir, contents, global_cfg["save_interval"], global_cfg["save_unit"],
                             checkpoints_kept(global_cfg["max_num_latest_checkpoint"]), best_of=kinds.EVAL)
     resumer = Resumer(run_dir, contents, fixed=RESUME_FIXED, describe_world_change=partial(describe_world_change, cfg))
-    hooks += [TrainMeter(every=global_cfg["print_batch_step"]), LRSchedule(optimizer, schedule.at), checkpoint,
+    parts = {"teacher": lambda: teacher.seconds} if teacher is not None else {}
+    hooks += [TrainMeter(every=global_cfg["print_batch_step"], parts=parts), LRSchedule(optimizer, schedule.at),
+              checkpoint,
               StopOnSignal(checkpoint, dist.world_size()), DataPosition(train_loader),
               MetricsLog(run_dir.file("metrics.jsonl")), Progress(global_cfg["progress"], log=train_log.append),
               DataHealth(train_loader.dataset)]

@@ -9,7 +9,7 @@ from hooks.checkpoint_state import read_checkpoint
 from hooks.run_directory import RunDirectory
 
 from ..errors import CheckpointError, SetupError
-from ..pretrained import fit_state_dict, in_model_dtypes, shape_problems
+from ..pretrained import HEADS, fit_state_dict, in_model_dtypes, shape_problems
 
 
 def load_pretrained(model, prefix: str, finetune: bool = False) -> None:
@@ -32,9 +32,11 @@ def load_pretrained(model, prefix: str, finetune: bool = False) -> None:
     if bad:
         raise CheckpointError(f"Global.pretrained_model: {path} holds entries that are no float weights: "
                               + ", ".join(bad))
-    if finetune and any(k in state for k in ("head.weight", "head.bias")):
-        print(f"Global.finetune: dropping head.weight/head.bias of {path}; the new head starts from its init")
-        state = {k: v for k, v in state.items() if k not in ("head.weight", "head.bias")}
+    heads = [f"{h}.{p}" for h in HEADS for p in ("weight", "bias")]
+    if finetune and any(k in state for k in heads):
+        print(f"Global.finetune: dropping {', '.join(k for k in heads if k in state)} of {path}; the new head "
+              f"starts from its init")
+        state = {k: v for k, v in state.items() if k not in heads}
     fitted = fit_state_dict(state, model.state_dict(), f"Global.pretrained_model {path}")
     model.set_state_dict(in_model_dtypes(fitted, model.state_dict()))
 

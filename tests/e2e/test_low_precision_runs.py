@@ -17,13 +17,14 @@ from tests.faults import hooks_option, metrics_rows, run_cli, write_hooks
 PLSC_FP16O2 = os.path.join(ROOT, "configs", "plsc", "DeiT_base_patch16_224_in1k_1n8c_dp_fp16o2.yaml")
 
 
-def plsc_tiny_config(folder, dataset, edit=None) -> str:
-    """PLSC's DeiT-B fp16o2 YAML as shipped, with a tiny model, 32 px crops, the generated
-    dataset, 2 epochs of 8 steps, the export size and the CPU as the only changes."""
-    with open(PLSC_FP16O2) as f:
+def plsc_tiny_config(folder, dataset, edit=None, source=PLSC_FP16O2, name="VisionTransformer") -> str:
+    """PLSC's DeiT-B fp16o2 YAML (or `source`, in its layout) as shipped, with a tiny model (a
+    variant of `name`), 32 px crops, the generated dataset, 2 epochs of 8 steps, the export size
+    and the CPU as the only changes."""
+    with open(source) as f:
         cfg = yaml.safe_load(f)
     cfg["Global"].update(device="cpu", epochs=2, print_batch_step=2, output_dir=str(folder / "out"))
-    cfg["Model"].update(name="VisionTransformer", img_size=32, patch_size=8, embed_dim=32, depth=2,
+    cfg["Model"].update(name=name, img_size=32, patch_size=8, embed_dim=32, depth=2,
                         num_heads=2, class_num=10)
     cfg["LRScheduler"]["warmup_epoch"] = 1
     train, val = cfg["DataLoader"]["Train"], cfg["DataLoader"]["Eval"]

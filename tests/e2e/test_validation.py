@@ -164,7 +164,8 @@ def _leaves(schema, config, path=""):
 
 WRONG_TYPE = {
     "int": ["abc", 1.5, [1], {"a": 1}, True], "float": ["abc", [1.0], {"a": 1}, True, ".nan", ".inf", "1/0"],
-    "bool": ["maybe", 3, [True]], "str": [[1], {"a": 1}], "str?": [[1], {"a": 1}],
+    "bool": ["maybe", 3, [True]], "bool?": ["maybe", 3, [True]], "str": [[1], {"a": 1}], "str?": [[1], {"a": 1}],
+    "floats?": ["abc", [], ["x"]],
     "float2": ["abc", [1.0], [1.0, 2.0, 3.0]], "floats": ["abc", [], ["x"]], "ints": ["abc", [], [1.5]],
     "size": ["abc", [1, 2, 3], 1.5], "size?": ["abc", [1, 2, 3]], "list": ["abc", 3], "list?": ["abc", 3],
     "int?": ["abc", 1.5, [1], {"a": 1}, True], "float?": ["abc", [1.0], {"a": 1}, True, ".nan"],
