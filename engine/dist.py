@@ -55,9 +55,9 @@ def init_if_launched() -> None:
 
     Paddle waits long for peers that never come, without a word, inside C++ that holds the GIL
     (no Python thread or signal handler runs meanwhile). A small watchdog process says who
-    waits for whom, and after DEIT_CONNECT_TIMEOUT seconds (default 900) prints one line and
-    ends this process and its children (Paddle forks a multiprocessing Manager before it
-    connects, which would otherwise live on, orphaned)."""
+    waits for whom, and after DEIT_CONNECT_TIMEOUT seconds (engine/launch.CONNECT_TIMEOUT_S)
+    prints one line and ends this process and its children (Paddle forks a multiprocessing
+    Manager before it connects, which would otherwise live on, orphaned)."""
     world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     if world <= 1 or dist.is_initialized():
         return

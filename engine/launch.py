@@ -4,7 +4,7 @@ Paddle's launcher with `--nnodes N --master IP:PORT` polls its rendezvous server
 nodes forever (measured: still polling after minutes) before it starts any worker, so our
 start-up watchdog (engine/dist.py) never runs. This runs the launcher as a child in its own
 process group; once a worker has started (its workerlog appears) it only waits for the exit
-code; if none has started after DEIT_CONNECT_TIMEOUT seconds (default 900) it prints one line,
+code; if none has started after DEIT_CONNECT_TIMEOUT seconds (CONNECT_TIMEOUT_S below) it prints one line,
 ends the launcher's whole group, and returns 1.
 """
 import glob

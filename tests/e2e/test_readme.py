@@ -1,5 +1,6 @@
 """The README's commands and hook code, as written, on the tiny config: the demo's config and
 output paths are the only things substituted, so a renamed key or flag fails here."""
+import json
 import os
 import re
 import shlex
@@ -77,3 +78,15 @@ def test_the_hook_examples_run_as_written(tiny_config, tmp_path, monkeypatch, ca
     latest = (tmp_path / "history" / "latest.txt").read_text().strip()
     saved = load_restricted(str(tmp_path / "history" / latest), "test")["engine"]["hooks"]["LossHistory"]
     assert len(saved["losses"]) == 8  # 2 epochs of 7 steps, reported every 2 steps and at each epoch's end
+
+
+def test_the_distillation_commands_run_as_written(tiny_dataset, tmp_path):
+    config = write_tiny_config(tmp_path, tiny_dataset, lambda cfg: cfg["Global"].update(epochs=1))
+    out = str(tmp_path / "out")
+    assert run.main(["-c", config, "-o", f"Global.output_dir={out}"]) == 0
+    export, student = _run_commands(_section("DeiT's distillation: a student, a teacher"))
+    assert run.main(_substituted(export, config, out, "")) == 0
+    args = [a.replace("output/distilled", str(tmp_path / "distilled")) for a in _substituted(student, config, out, "")]
+    assert run.main(args) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "distilled" / "metrics.jsonl")]
+    assert any("top1_dist" in r for r in rows) and any(r.get("teacher_fraction") for r in rows)
