@@ -2,6 +2,7 @@
 import warnings
 from typing import Any, Callable, Iterable, List, Optional
 
+from .clock import Clock
 from .events import Events
 from .hook import FunctionHook, Hook
 from .priority import Priority
@@ -26,6 +27,7 @@ class Engine:
                  model: Any = None, optimizer: Any = None):
         self.step, self.data, self.model, self.optimizer = step, data, model, optimizer
         self.state = State(max_epochs=max_epochs, iters_per_epoch=_len_or_none(data))
+        self.clock = Clock()  # the loop's time by part: "data", "step", and the hooks' categories
         self._hooks: List[Hook] = []
         self._dispatch = {event: [] for event in Events}
 
@@ -100,12 +102,16 @@ class Engine:
     def fire(self, event: Events) -> None:
         """Call every handler of `event` (an Events member or its value, e.g. "after_backward")."""
         event = Events(event)
+        clock = self.clock
         for hook in self._dispatch[event]:
+            clock.start()
             try:
                 getattr(hook, event.value)(self)
             except BaseException as exc:
                 _note(exc, f"raised by {hook!r} on {event.name}")
                 raise
+            finally:
+                clock.stop(hook.time_category)
 
     def terminate(self) -> None:
         """Stop after the current iteration; EPOCH_END and COMPLETED still fire."""
@@ -138,11 +144,23 @@ class Engine:
             state.iters_per_epoch = _len_or_none(self.data)
         state.epoch_fraction = getattr(self.data, "progress", None)
         self.fire(Events.EPOCH_START)
-        for state.batch in self.data:
+        batches, clock = iter(self.data), self.clock
+        while True:
+            clock.start()
+            try:
+                state.batch = next(batches)
+            except StopIteration:
+                break
+            finally:
+                clock.stop("data")
             state.epoch_iter += 1
             state.iteration += 1
             self.fire(Events.ITER_START)
-            state.output = self.step(self, state.batch)
+            clock.start()
+            try:
+                state.output = self.step(self, state.batch)
+            finally:
+                clock.stop("step")
             self.fire(Events.ITER_END)
             if state.should_stop:
                 break

@@ -15,6 +15,9 @@ class Hook:
     """
 
     priority = Priority.NORMAL
+    # where engine.clock counts this hook's handlers: "hooks", or a part a breakdown names
+    # ("evaluation", "checkpoint"; "step" for a hook whose read waits for the device's steps)
+    time_category = "hooks"
 
     def resumed(self, engine):
         """After a resume has put back the loop, every hook's state, the model, the optimizer and

@@ -25,6 +25,7 @@ class Checkpoint(Hook):
     end. Rank 0 writes; others only count."""
 
     priority = Order.CHECKPOINT
+    time_category = "checkpoint"
     writes_checkpoints = True  # its own state is settled before it saves (engine.register's check)
 
     def __init__(self, run_dir: RunDirectory, contents: CheckpointContents, interval: int = 1,

@@ -16,6 +16,7 @@ from . import kinds
 
 class Evaluate(Hook):
     priority = Order.EVALUATE
+    time_category = "evaluation"
 
     def __init__(self, evaluate: Callable[[Callable[[], None]], dict], interval: int = 1, unit: str = "epoch",
                  name: str = kinds.EVAL, batches: Optional[int] = None):

@@ -7,8 +7,11 @@ constants keep them spelled once.
 
 # TrainMeter, every `print_batch_step` steps and at an epoch's end:
 #   counters (epoch, iteration, epoch_iter, epochs_done), loss, lr, img_per_s,
-#   img_per_s_per_device, img_per_s_run, data_fraction, step_time, eta_s, and a {part}_fraction
-#   per timed part of the step (teacher_fraction when distilling).
+#   img_per_s_per_device, img_per_s_run, data_fraction, step_time, eta_s, a {part}_fraction
+#   per timed part of the step (teacher_fraction when distilling), the window's time shares
+#   time_data, time_step, time_hooks, time_evaluation, time_checkpoint, time_other,
+#   tflops_per_device, mfu, and under data parallel slowest_rank, slowest_step_time,
+#   median_step_time. Read also by Bottleneck (the bound line).
 # Read by GradScaler, MetricsLog, VisualDL, Progress, Checkpoint (report steps).
 TRAIN = "train"
 

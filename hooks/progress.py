@@ -96,7 +96,7 @@ class Progress(Hook):
     def iter_end(self, engine):
         record = engine.state.reports.fresh(kinds.TRAIN)
         if self.mode == "rich":
-            info = _train_text(record) if record else None
+            info = _train_text(record, breakdown=False) if record else None  # a bar row has no room
             self.bar.update(self.task, completed=engine.state.epoch_iter,
                             **({"info": info} if info else {}))
         if record:
@@ -178,10 +178,13 @@ class _LoggedProxy(FileProxy):
         return super().write(text)
 
 
-def _train_text(r) -> str:
+def _train_text(r, breakdown: bool = True) -> str:
     teacher = f" (teacher {r['teacher_fraction']:.0%})" if r.get("teacher_fraction") is not None else ""
-    return (f"loss {r['loss']:.4f} lr {_fmt(r['lr'], '.3e')} img/s {_fmt(r['img_per_s'], '.1f')}{teacher} "
-            f"eta {_fmt(r['eta_s'], '.0f')}s")
+    time = (f" data {r['time_data']:.0%} step {r['time_step']:.0%}"
+            if breakdown and r.get("time_data") is not None else "")
+    mfu = f" mfu {r['mfu']:.1%}" if breakdown and r.get("mfu") is not None else ""
+    return (f"loss {r['loss']:.4f} lr {_fmt(r['lr'], '.3e')} img/s {_fmt(r['img_per_s'], '.1f')}{teacher}"
+            f"{time}{mfu} eta {_fmt(r['eta_s'], '.0f')}s")
 
 
 def _table(title: str, rows: dict) -> Table:

@@ -26,6 +26,7 @@ class StopOnSignal(Hook):
     once whether or not a signal came; saves through it otherwise."""
 
     priority = Order.STOP_ON_SIGNAL
+    time_category = "checkpoint"
 
     def __init__(self, checkpoint, world_size: int = 1):
         self.checkpoint, self.world_size = checkpoint, world_size

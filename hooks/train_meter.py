@@ -6,10 +6,19 @@ so a report step takes its time after that read (which waits for every step of t
 or the window would end before its work did and overstate img/s. The first `warmup` steps after (re)start are
 left out of the speed figures. Each report is put as "train" in `state.reports`.
 
+Each report also says where the window's wall time went (`time_data`, `time_step`,
+`time_hooks`, `time_evaluation`, `time_checkpoint`, `time_other`: shares of it, from
+engine.clock; on a GPU the step's work lands in `time_step` through the report's read), the
+achieved model TFLOP/s (`flops_per_image`: the model's training FLOPs per image) and the
+fraction of the device's peak (`peak_flops`, per device): `mfu`. Under data parallel every
+rank's own time per step is gathered at the report (one small collective), to name the
+slowest rank against the median.
+
 `parts` names parts of the step that keep their own clock (name -> cumulative seconds, e.g. the
 distillation teacher's forward): each report gives `{name}_fraction`, its share of the window's
 time (host time: on a GPU, what the host waited for).
 """
+import statistics
 import time
 
 from engine import Hook, dist
@@ -19,16 +28,24 @@ from . import kinds
 
 
 
+TIME_PARTS = ("data", "step", "hooks", "evaluation", "checkpoint")  # engine.clock's, as hooks name them
+
+
 class TrainMeter(Hook):
     priority = Order.TRAIN_METER
+    time_category = "step"  # its report read waits for the device's steps
 
-    def __init__(self, every: int = 10, warmup: int = 2, parts=None):
+    def __init__(self, every: int = 10, warmup: int = 2, parts=None, flops_per_image: float = None,
+                 peak_flops: float = None):
         self.every, self.warmup = max(1, every), warmup
+        self.flops_per_image, self.peak_flops = flops_per_image, peak_flops
         self.loss_sum, self.loss_count = None, 0
         self.parts = dict(parts or {})
         self._part_seconds = {name: 0.0 for name in self.parts}
 
     def started(self, engine):
+        self.clock = engine.clock
+        self._clock_seen, self._window_wall_start = self.clock.snapshot(), time.perf_counter()
         self.steps_seen = 0
         self.run_images, self.run_busy = 0, 0.0  # since this process started, warm-up excluded
         self._reset_timing()
@@ -52,6 +69,7 @@ class TrainMeter(Hook):
         self._part_seconds = {name: clock() for name, clock in self.parts.items()}
 
     def iter_end(self, engine):
+        entered = time.perf_counter()
         state, out = engine.state, engine.state.output
         loss = out["loss"]
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
@@ -69,7 +87,11 @@ class TrainMeter(Hook):
             for name, clock in self.parts.items():
                 self._part_time[name] += clock() - self._part_seconds[name]
         if report:
-            state.reports.put(kinds.TRAIN, self._record(state, loss_total))
+            record = self._record(state, loss_total)
+            seconds = self._window_seconds(now, entered)
+            record.update(self._time_shares(seconds))
+            record.update(self._ranks(seconds, record["step_time"]))
+            state.reports.put(kinds.TRAIN, record)
             self._reset_window()
         self.last_end = time.perf_counter()
 
@@ -92,6 +114,43 @@ class TrainMeter(Hook):
             "eta_s": per_step * remaining if per_step is not None else None,
             **{f"{name}_fraction": (seconds / busy if busy else None) for name, seconds in self._part_time.items()},
         }
+
+    def _window_seconds(self, now: float, entered: float) -> dict:
+        """The window's wall time by part ("wall" for all of it). This handler is open (the
+        engine counts it when it returns): its time so far, the read that waited for the
+        device, is the step's."""
+        seconds = self.clock.snapshot()
+        seconds["step"] = seconds.get("step", 0.0) + (now - entered)
+        before, self._clock_seen = self._clock_seen, seconds
+        wall, self._window_wall_start = now - self._window_wall_start, now
+        return {"wall": wall, **{part: seconds.get(part, 0.0) - before.get(part, 0.0) for part in TIME_PARTS}}
+
+    @staticmethod
+    def _time_shares(seconds: dict) -> dict:
+        wall = seconds["wall"]
+        if wall <= 0:
+            return {}
+        shares = {part: seconds[part] / wall for part in TIME_PARTS}
+        shares["other"] = max(0.0, 1.0 - sum(shares.values()))
+        return {f"time_{part}": share for part, share in shares.items()}
+
+    def _ranks(self, seconds: dict, step_time) -> dict:
+        """Per-device speed against the device's peak; under data parallel, each rank's own time
+        per step (data, hooks, evaluation, checkpoints: what its step's collectives do not
+        even out, since every rank's step waits for the slowest in the all-reduce) and the
+        slowest rank."""
+        out = {}
+        per_device = self.images / (self.data_time + self.step_time) if self.images and self.step_time else None
+        if self.flops_per_image and per_device:
+            out["tflops_per_device"] = per_device * self.flops_per_image / 1e12
+            if self.peak_flops:
+                out["mfu"] = per_device * self.flops_per_image / self.peak_flops
+        if dist.world_size() > 1:
+            own = sum(seconds[p] for p in TIME_PARTS if p != "step") / max(self.loss_count, 1)
+            owns = dist.gather_objects(own)
+            slowest = max(range(len(owns)), key=owns.__getitem__)
+            out.update(rank_own_time=owns, slowest_rank=slowest, median_own_time=statistics.median(owns))
+        return out
 
     def state_dict(self):
         """The losses of the open window, so that the first report after a resume averages

@@ -1,6 +1,7 @@
 """VisualDL curves, PLSC's `Global.use_visualdl`: scalars under `{output_dir}/vdl` (rank 0).
 
-train/loss, train/lr, train/img_per_s (and train/loss_scale with float16 loss scaling) at each
+train/loss, train/lr, train/img_per_s, the time shares (train/time_data, ...), train/mfu (and
+train/loss_scale with float16 loss scaling, train/teacher_fraction when distilling) at each
 report; {eval,eval_ema}/top1, top5 and loss (and a distilled model's top1_cls, top1_dist) at
 each evaluation; the x axis is the optimizer step. `visualdl --logdir OUTPUT_DIR/vdl` shows them.
 """
@@ -32,7 +33,8 @@ class VisualDL(Hook):
         record = engine.state.reports.fresh(kinds.TRAIN, with_parts=True)
         if self.writer is None or record is None:
             return
-        for key in ("loss", "lr", "img_per_s", "loss_scale"):
+        for key in ("loss", "lr", "img_per_s", "loss_scale", "mfu", "tflops_per_device", "teacher_fraction",
+                    "time_data", "time_step", "time_hooks", "time_evaluation", "time_checkpoint", "time_other"):
             if record.get(key) is not None:
                 self.writer.add_scalar(tag=f"train/{key}", step=record["iteration"], value=float(record[key]))
 

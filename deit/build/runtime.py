@@ -1,5 +1,6 @@
 """The process before the model: Paddle's version, the device, flags and seeds, and which
 precision and CPU speed paths a config gets (each said once, or refused in one line)."""
+import os
 import random
 import warnings
 
@@ -12,6 +13,7 @@ from ..cpu.kernels import KernelsUnavailable, load as load_cpu_kernels
 from ..cpu.linear import use_gemm_bias
 from ..cpu.ops import use_cpu_kernels
 from ..errors import SetupError, paddle_message
+from ..peak import cpu_peak, gpu_peak
 
 
 def setup_runtime(cfg) -> None:
@@ -111,3 +113,15 @@ def use_cpu_speed_paths(model, cfg, kernels):
     if kernels is not None:
         use_cpu_kernels(model, kernels)
     return model
+
+
+def device_peak(cfg):
+    """(peak FLOP/s per device, what it is) for the run's MFU, or (None, reason): a known GPU's
+    dense figure for the run's dtype, or this CPU's measured fp32 GEMM (deit/peak.py)."""
+    global_cfg, amp_cfg = cfg["Global"], cfg["FP16"]
+    if global_cfg["device"] == "cpu":
+        return cpu_peak(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+    dtype = "fp32" if amp_cfg["level"] == "O0" else amp_cfg["dtype"]
+    name = paddle.device.cuda.get_device_name()
+    found = gpu_peak(name, dtype)
+    return found if found else (None, f"no peak figure for {name} {dtype} (deit/peak.py lists the known GPUs)")

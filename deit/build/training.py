@@ -1,6 +1,8 @@
 """Config -> the training engine with its hooks: the one place that knows which hooks a run has,
 in which order, and with what. Everything validates before anything is written to disk."""
 import math
+import os
+import sys
 from functools import partial
 from typing import NamedTuple, Optional
 
@@ -8,6 +10,7 @@ import paddle
 
 from engine import Engine, Events, dist
 from hooks import kinds
+from hooks.bottleneck import Bottleneck
 from hooks.checkpoint import Checkpoint
 from hooks.checkpoint_state import CheckpointContents
 from hooks.data_health import DataHealth
@@ -30,6 +33,7 @@ from hooks.visualdl import VisualDL
 from ..cast_on_cpu import cast_like_gpu
 from ..cpu.env import keep_freed_blocks_in_heap
 from ..errors import SetupError
+from ..flops import model_macs
 from ..evaluate import Evaluation
 from ..optim import build_adamw
 from ..precision import DynamicLossScaler, Precision, decorate_o2, fp32_weights, full_precision_weights
@@ -42,7 +46,8 @@ from .components import (build_eval_loader, build_evaluation, build_loss, build_
 from .distillation import build_distillation
 from .plugins import import_hook
 from .summary import describe_world_change
-from .runtime import cast_on_cpu, check_low_precision_support, cpu_kernels_for, setup_runtime, use_cpu_speed_paths
+from .runtime import (cast_on_cpu, check_low_precision_support, cpu_kernels_for, device_peak, setup_runtime,
+                      use_cpu_speed_paths)
 from .weights import load_pretrained
 
 
@@ -114,7 +119,13 @@ def build_training(cfg):
                             checkpoints_kept(global_cfg["max_num_latest_checkpoint"]), best_of=kinds.EVAL)
     resumer = Resumer(run_dir, contents, fixed=RESUME_FIXED, describe_world_change=partial(describe_world_change, cfg))
     parts = {"teacher": lambda: teacher.seconds} if teacher is not None else {}
-    hooks += [TrainMeter(every=global_cfg["print_batch_step"], parts=parts), LRSchedule(optimizer, schedule.at),
+    flops_per_image = 3 * 2 * model_macs(model)  # forward and backward of a training image
+    peak_flops, peak_what = device_peak(cfg)
+    hooks += [TrainMeter(every=global_cfg["print_batch_step"], parts=parts, flops_per_image=flops_per_image,
+                         peak_flops=peak_flops),
+              Bottleneck(input_hint(cfg), flops_per_image, peak_flops, peak_what,
+                         every_epoch=plain_output(global_cfg["progress"])),
+              LRSchedule(optimizer, schedule.at),
               checkpoint,
               StopOnSignal(checkpoint, dist.world_size()), DataPosition(train_loader),
               MetricsLog(run_dir.file("metrics.jsonl")), Progress(global_cfg["progress"], log=train_log.append),
@@ -139,6 +150,17 @@ def build_training(cfg):
     for hook in hooks:
         engine.register(hook)
     return Training(engine, run_dir, train_log, resumer, checkpoint, evaluation)
+
+
+def input_hint(cfg) -> str:
+    """The settings an input-bound run changes, as the bound line names them."""
+    workers = cfg["DataLoader"]["Train"]["loader"]["num_workers"]
+    return f"DataLoader.Train.loader.num_workers: {workers}, {os.cpu_count()} cores"
+
+
+def plain_output(progress: str) -> bool:
+    """Global.progress prints plain lines (plain, or auto without a terminal): a bound line per epoch fits."""
+    return progress == "plain" or (progress == "auto" and not sys.stdout.isatty())
 
 
 def build_precision(cfg, model, optimizer):

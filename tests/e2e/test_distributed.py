@@ -31,6 +31,14 @@ class SaveEveryRank(Hook):
     def __init__(self, out): self.out = out
     def completed(self, engine):
         paddle.save(engine.model.state_dict(), os.path.join(self.out, f"rank{dist.rank()}.pdparams"))
+
+class SlowRank1(Hook):
+    """Rank 1 is a straggler: each of its steps takes `seconds` more, in a hook."""
+    def __init__(self, seconds): self.seconds = seconds
+    def iter_start(self, engine):
+        if dist.rank() == 1:
+            import time
+            time.sleep(self.seconds)
 '''
 
 
@@ -44,8 +52,9 @@ def test_two_processes_match_one_process_with_twice_the_batch(tiny_config, tmp_p
     common = ["-c", tiny_config, "-o", "Global.epochs=1", "-o", "Model.drop_path_rate=0.0",
               "-o", "DataLoader.Train.sampler.drop_last=true"]
     two = tmp_path / "two"
-    _launch(tmp_path, 2, common + ["-o", f"Global.output_dir={two}", "-o", "DataLoader.Train.sampler.batch_size=8",
-                                   "-o", f"Hooks=[{{dist_hooks.SaveEveryRank: {{out: '{two}'}}}}]"], "two")
+    logs = _launch(tmp_path, 2, common + ["-o", f"Global.output_dir={two}", "-o", "DataLoader.Train.sampler.batch_size=8",
+                                          "-o", f"Hooks=[{{dist_hooks.SaveEveryRank: {{out: '{two}'}}}}, "
+                                                f"{{dist_hooks.SlowRank1: {{seconds: 0.3}}}}]"], "two")
     one = tmp_path / "one"
     _launch(tmp_path, 1, common + ["-o", f"Global.output_dir={one}", "-o", "DataLoader.Train.sampler.batch_size=16"], "one")
 
@@ -55,8 +64,11 @@ def test_two_processes_match_one_process_with_twice_the_batch(tiny_config, tmp_p
     for k in single:
         np.testing.assert_allclose(r0[k], single[k], rtol=1e-4, atol=1e-5, err_msg=k)
     assert not (two / "rank0.pdparams").samefile(two / "final.pdparams")
-    steps = [json.loads(l)["iteration"] for l in open(two / "metrics.jsonl") if '"train"' in l]
-    assert steps[-1] == 7  # 120 images / global batch 16, drop_last
+    rows = [json.loads(l) for l in open(two / "metrics.jsonl") if '"train"' in l]
+    assert rows[-1]["iteration"] == 7  # 120 images / global batch 16, drop_last
+    # the straggler (rank 1's slow hook; the all-reduce makes rank 0's steps as long) is named
+    assert all(r["slowest_rank"] == 1 and r["rank_own_time"][1] - r["rank_own_time"][0] > 0.2 for r in rows[1:])
+    assert "straggler: rank 1 of 2 spends" in logs
 
     def evaluate(nproc, name):
         out = _launch(tmp_path, nproc, ["-c", tiny_config, "--eval", "-o", f"Global.pretrained_model={one}/final"], name)
