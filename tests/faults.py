@@ -78,7 +78,9 @@ class CountSteps(Hook):
 '''
 
 # fields that measure the machine, not the training: they differ between any two runs
-TIMING = {"img_per_s", "img_per_s_per_device", "img_per_s_run", "data_fraction", "step_time", "eta_s", "eval_time"}
+TIMING = {"img_per_s", "img_per_s_per_device", "img_per_s_run", "data_fraction", "step_time", "eta_s", "eval_time",
+          "tflops_per_device", "mfu", "teacher_fraction", "rank_own_time", "slowest_rank", "median_own_time",
+          *(f"time_{part}" for part in ("data", "step", "hooks", "evaluation", "checkpoint", "other"))}
 
 
 def write_hooks(directory) -> None:
