@@ -88,6 +88,33 @@ def run_engine(model_name, epochs, ema, hook_times):
     return total
 
 
+def clock_cost(model_name, epochs) -> float:
+    """The time breakdown's own cost as a share of a run: engine.clock's start/stop pairs in a
+    run, times what one pair costs (timed over 200k pairs)."""
+    import time
+    from engine.clock import Clock
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        _, engine = build(model_name, epochs, ema=False)
+        pairs, start = [0], engine.clock.start
+
+        def counted():
+            pairs[0] += 1
+            start()
+        engine.clock.start = counted
+        began = time.perf_counter()
+        engine.run()
+        total = time.perf_counter() - began
+    clock, n = Clock(), 200_000
+    began = time.perf_counter()
+    for _ in range(n):
+        clock.start()
+        clock.stop("hooks")
+    per_pair = (time.perf_counter() - began) / n
+    print(f"time breakdown (engine.clock): {pairs[0]} start/stop pairs of {per_pair * 1e6:.2f} us in a "
+          f"{total:.2f} s run: {pairs[0] * per_pair / total * 100:.3f}% of it (target < 0.5%)")
+    return pairs[0] * per_pair / total
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=sorted(MODELS), default="demo")
@@ -119,6 +146,7 @@ def main():
     for name, shares in in_hooks.items():
         print(f"time inside hooks ({name}, median of runs): {statistics.median(shares) * 100:.2f}% "
               f"of the run (checkpoint writes included)")
+    clock_cost(args.model, args.epochs)
 
 
 if __name__ == "__main__":

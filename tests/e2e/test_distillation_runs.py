@@ -3,6 +3,7 @@ one with its weights, what metrics.jsonl and the checkpoints say, and every refu
 import json
 import os
 
+import numpy as np
 import paddle
 import pytest
 
@@ -128,3 +129,43 @@ def test_the_bundled_distilled_config_trains_cast_for_real_and_evaluates(exporte
     row = _rows(out, "eval")[-1]
     assert {"top1_cls", "top1_dist"} <= set(row) and _rows(out, "train")[-1]["teacher_fraction"] > 0
     assert run.main(["-c", config, "--export", "-o", f"Global.pretrained_model={out}/final"]) == 0
+
+
+def test_kill_9_with_a_teacher_resumes_bit_exact(exported_teacher, tiny_dataset, tmp_path):
+    """The teacher is not in the checkpoint, and needs not be: it is the same frozen model, so a
+    run killed at step 8 and resumed ends with the uninterrupted run's weights and rows."""
+    from tests.faults import hooks_option, metrics_rows, run_cli, write_hooks
+    write_hooks(tmp_path)
+    config = _student(tmp_path, tiny_dataset, inference_model=exported_teacher)
+    common = ("Model.drop_path_rate=0.2", "Global.save_unit=step", "Global.save_interval=3")
+    ref = run_cli(config, tmp_path / "ref", *common, hooks_dir=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    killed = run_cli(config, tmp_path / "run", *common, hooks_option("fault_hooks.KillAt: {step: 8}"),
+                     hooks_dir=tmp_path)
+    assert killed.returncode == -9, killed.stderr
+    resumed = run_cli(config, tmp_path / "run", *common, "Global.checkpoint=auto", hooks_dir=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (paddle.load(str(tmp_path / d / "final.pdparams")) for d in ("ref", "run"))
+    assert a.keys() == b.keys() and all((a[k].numpy() == b[k].numpy()).all() for k in a)
+    resumed_rows = [r for r in metrics_rows(tmp_path / "run") if r["event"] != "resume"]  # the KillAt hook's removal
+    assert resumed_rows == metrics_rows(tmp_path / "ref")
+
+
+@pytest.mark.xdist_group("launch")
+def test_two_processes_with_a_teacher_match_one_process_with_twice_the_batch(exported_teacher, tiny_dataset,
+                                                                             tmp_path):
+    """Each rank's teacher sees its own shard of the batch: the distilled gradients all-reduce to
+    the one-process run's."""
+    from tests.faults import launch
+    config = _student(tmp_path, tiny_dataset, inference_model=exported_teacher)
+    common = ["-c", config, "-o", "Global.epochs=1", "-o", "Model.drop_path_rate=0.0",
+              "-o", "DataLoader.Train.sampler.drop_last=true"]
+    launch(tmp_path, 2, common + ["-o", f"Global.output_dir={tmp_path / 'two'}",
+                                  "-o", "DataLoader.Train.sampler.batch_size=8"], "two")
+    launch(tmp_path, 1, common + ["-o", f"Global.output_dir={tmp_path / 'one'}",
+                                  "-o", "DataLoader.Train.sampler.batch_size=16"], "one")
+    two, one = (paddle.load(str(tmp_path / d / "final.pdparams")) for d in ("two", "one"))
+    for k in one:
+        np.testing.assert_allclose(two[k].numpy(), one[k].numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
+    rows = _rows(str(tmp_path / "two"), "eval")
+    assert rows and all("top1_dist" in r for r in rows) and _rows(str(tmp_path / "two"), "train")[-1]["teacher_fraction"] > 0

@@ -84,7 +84,7 @@ def test_the_distillation_commands_run_as_written(tiny_dataset, tmp_path):
     config = write_tiny_config(tmp_path, tiny_dataset, lambda cfg: cfg["Global"].update(epochs=1))
     out = str(tmp_path / "out")
     assert run.main(["-c", config, "-o", f"Global.output_dir={out}"]) == 0
-    export, student = _run_commands(_section("DeiT's distillation: a student, a teacher"))
+    export, student = _run_commands(_section("Distillation"))
     assert run.main(_substituted(export, config, out, "")) == 0
     args = [a.replace("output/distilled", str(tmp_path / "distilled")) for a in _substituted(student, config, out, "")]
     assert run.main(args) == 0
