@@ -339,7 +339,7 @@ def test_a_build_killed_midway_leaves_no_library_and_the_next_run_builds_one(tmp
     slow_cc.chmod(0o755)
     cache = tmp_path / "cache"
     from tests.conftest import ROOT
-    child = subprocess.Popen([sys.executable, "-c", "import sys; from deit import cpu_kernels; cpu_kernels.load(sys.argv[1])",
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from deit.cpu import kernels; kernels.load(sys.argv[1])",
                               str(cache)], env={**os.environ, "CC": str(slow_cc)}, cwd=ROOT, start_new_session=True)
     deadline = time.time() + 60
     while not (cache.exists() and any(cache.iterdir())):
