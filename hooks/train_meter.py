@@ -90,7 +90,7 @@ class TrainMeter(Hook):
             record = self._record(state, loss_total)
             seconds = self._window_seconds(now, entered)
             record.update(self._time_shares(seconds))
-            record.update(self._ranks(seconds, record["step_time"]))
+            record.update(self._ranks(seconds, record["img_per_s_per_device"]))
             state.reports.put(kinds.TRAIN, record)
             self._reset_window()
         self.last_end = time.perf_counter()
@@ -134,13 +134,12 @@ class TrainMeter(Hook):
         shares["other"] = max(0.0, 1.0 - sum(shares.values()))
         return {f"time_{part}": share for part, share in shares.items()}
 
-    def _ranks(self, seconds: dict, step_time) -> dict:
+    def _ranks(self, seconds: dict, per_device) -> dict:
         """Per-device speed against the device's peak; under data parallel, each rank's own time
         per step (data, hooks, evaluation, checkpoints: what its step's collectives do not
         even out, since every rank's step waits for the slowest in the all-reduce) and the
         slowest rank."""
         out = {}
-        per_device = self.images / (self.data_time + self.step_time) if self.images and self.step_time else None
         if self.flops_per_image and per_device:
             out["tflops_per_device"] = per_device * self.flops_per_image / 1e12
             if self.peak_flops:
