@@ -57,13 +57,14 @@ class Resumer:
         text, fields = "", {}
         if worlds[0] != worlds[1] and self.describe_world_change is not None:
             text, fields = self.describe_world_change(worlds[0], engine)
+        changed = {k: [old, new] for k, old, new in changes}
         record = None
-        if changes or worlds[0] != worlds[1]:  # metrics.jsonl's resume row
+        if changed or worlds[0] != worlds[1]:  # metrics.jsonl's resume row
             counters = engine.state.counters()  # the data has no plan for the resumed epoch yet:
             counters["epochs_done"] = ckpt.get("epochs_done", counters["epochs_done"])  # the writer's
-            record = {"event": kinds.RESUME, **counters, "from": path,
-                      "changes": {k: [old, new] for k, old, new in changes}, "world_size": list(worlds), **fields}
-        return Resumed(path, worlds, {k: [old, new] for k, old, new in changes}, record, text)
+            record = {"event": kinds.RESUME, **counters, "from": path, "changes": changed,
+                      "world_size": list(worlds), **fields}
+        return Resumed(path, worlds, changed, record, text)
 
     # ---- which checkpoint -------------------------------------------------------------------
     def starting_point(self, checkpoint: Optional[str]) -> Optional[str]:
