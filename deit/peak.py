@@ -12,6 +12,7 @@ import time
 from typing import Optional, Tuple
 
 from .cache import cache_root
+from .cpu.kernels import cpu_identity
 
 # Dense TFLOP/s per dtype. fp32 is the CUDA-core rate; tf32/fp16/bf16 the tensor cores'.
 # A100 SXM/PCIe: NVIDIA A100 Tensor Core GPU datasheet (19.5 / 156 / 312 / 312).
@@ -47,7 +48,8 @@ def cpu_peak(threads: int, folder: str = None) -> Tuple[float, str]:
     """(FLOP/s, what it is): this CPU's fp32 GEMM rate through Paddle with `threads` threads,
     measured once and cached (a file per CPU model and thread count)."""
     folder = folder or os.path.join(cache_root(), "peak")
-    path = os.path.join(folder, f"cpu-{_cpu_key()}-{threads}t.json")
+    key = hashlib.sha256(cpu_identity().encode()).hexdigest()[:12]
+    path = os.path.join(folder, f"cpu-{key}-{threads}t.json")
     try:
         with open(path, encoding="utf-8") as f:
             flops = float(json.load(f)["flops"])
@@ -79,11 +81,3 @@ def measure_gemm(seconds: float = 0.3) -> float:
         best = max(best, 2.0 * n ** 3 / (time.perf_counter() - start))
     return best
 
-
-def _cpu_key() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            names = sorted({line for line in f if line.startswith(("model name", "flags", "CPU part"))})
-    except OSError:
-        names = [os.uname().machine]
-    return hashlib.sha256("".join(names).encode()).hexdigest()[:12]

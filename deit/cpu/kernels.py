@@ -56,7 +56,9 @@ def find_compiler() -> list | None:
     return [found] if found else None
 
 
-def _cpu_identity() -> str:
+def cpu_identity() -> str:
+    """The CPU's model name and flags as /proc/cpuinfo gives them: what a cache of measured or
+    compiled results is keyed by."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             lines = [l for l in f if l.startswith(("model name", "flags", "Features", "CPU part"))]
@@ -96,7 +98,7 @@ def _build(cc: list, target: str) -> None:
 def library_path(cc: list, cache: str | None = None) -> str:
     with open(SOURCE, "rb") as f:
         key = hashlib.sha256(f.read())
-    for part in (_compiler_identity(cc), repr(FLAG_SETS), _cpu_identity()):
+    for part in (_compiler_identity(cc), repr(FLAG_SETS), cpu_identity()):
         key.update(part.encode())
     return os.path.join(cache or os.path.join(cache_root(), "cpu_kernels"), f"deit_cpu_{key.hexdigest()[:16]}.so")
 

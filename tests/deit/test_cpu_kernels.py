@@ -204,7 +204,7 @@ def test_cc_may_carry_arguments(monkeypatch, tmp_path):
 def test_a_library_built_for_another_cpu_or_compiler_is_not_reused(monkeypatch, tmp_path):
     cc = cpu_kernels.find_compiler()
     here = cpu_kernels.library_path(cc, str(tmp_path))
-    monkeypatch.setattr(cpu_kernels, "_cpu_identity", lambda: "flags: sse2")
+    monkeypatch.setattr(cpu_kernels, "cpu_identity", lambda: "flags: sse2")
     assert cpu_kernels.library_path(cc, str(tmp_path)) != here
     monkeypatch.setattr(cpu_kernels, "_compiler_identity", lambda cc: "gcc 1.0")
     assert cpu_kernels.library_path(cc, str(tmp_path)) != here
