@@ -17,7 +17,7 @@ from engine.serialization import load_restricted, non_float_arrays
 
 from ..errors import CheckpointError, SetupError, paddle_message, unknown
 from ..loss import DistillationLoss
-from ..model import ARCHITECTURES, VisionTransformer
+from ..model import FACTORIES
 from ..pretrained import in_model_dtypes, shape_problems
 from ..teacher import Teacher
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -105,11 +105,11 @@ def _teacher_layer(section, class_num):
 
 
 def _named_model(name, class_num):
-    if name in ARCHITECTURES:
-        return VisionTransformer(**ARCHITECTURES[name], class_num=class_num)
+    if name in FACTORIES:
+        return FACTORIES[name](class_num=class_num)
     factory = getattr(paddle.vision.models, name, None)
     if not callable(factory) or name.startswith("_") or isinstance(factory, type):
-        known = list(ARCHITECTURES) + [n for n in dir(paddle.vision.models)
+        known = list(FACTORIES) + [n for n in dir(paddle.vision.models)
                                        if n[:1].islower() and callable(getattr(paddle.vision.models, n))]
         raise unknown("Distillation.Teacher.name (ours or paddle.vision.models')", name, known)
     try:
