@@ -49,19 +49,21 @@ class Teacher:
 
     def __call__(self, images):
         start = time.perf_counter()
-        with paddle.no_grad(), self.autocast():
-            out = self.layer(self.inputs(images))
-        out = _logits_of(out).astype("float32")
+        with self.autocast():
+            out = self._outputs(images)
         if self.probabilities:
             out = paddle.log(paddle.clip(out, min=1e-12))
         self.seconds += time.perf_counter() - start
         return out
 
+    def _outputs(self, images):
+        with paddle.no_grad():
+            return _logits_of(self.layer(self.inputs(images))).astype("float32")
+
     def probe(self, images) -> list:
         """Run once on `images` (the student's input shape) before training: the output's shape,
         and whether its rows are probabilities (then turned into logits from here on)."""
-        with paddle.no_grad():
-            out = _logits_of(self.layer(self.inputs(images))).astype("float32").numpy()
+        out = self._outputs(images).numpy()
         self.probabilities = bool(out.ndim == 2 and (out >= 0).all() and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
         return list(out.shape)
 
