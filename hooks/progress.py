@@ -23,6 +23,13 @@ EVAL_BAR_AFTER_S = 2.0     # an evaluation shorter than this shows no bar
 EVAL_LINE_EVERY_S = 30.0   # plain mode: a progress line this often during a long evaluation
 
 
+def resolved_mode(mode: str, stream=None) -> str:
+    """Global.progress as shown: `auto` is a rich bar on a terminal, plain lines otherwise."""
+    if mode == "auto":
+        return "rich" if (stream or sys.stdout).isatty() else "plain"
+    return mode
+
+
 class Progress(Hook):
     priority = Order.PROGRESS
 
@@ -31,9 +38,7 @@ class Progress(Hook):
         instead (train.log wants text), and what is printed while a bar is live; in plain
         mode the lines are printed, log or not."""
         self.log = log
-        if mode == "auto":
-            mode = "rich" if (stream or sys.stdout).isatty() else "plain"
-        self.mode = mode if dist.is_main() else "off"
+        self.mode = resolved_mode(mode, stream) if dist.is_main() else "off"
         # a bar draws on the terminal it started on; plain lines follow sys.stdout (train.log's tee)
         self.console = Console(file=stream or (sys.stdout if self.mode == "rich" else None),
                                highlight=False, soft_wrap=True)

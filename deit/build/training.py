@@ -2,7 +2,6 @@
 in which order, and with what. Everything validates before anything is written to disk."""
 import math
 import os
-import sys
 from functools import partial
 from typing import NamedTuple, Optional
 
@@ -21,7 +20,7 @@ from hooks.grad_scaler import GradScaler
 from hooks.lr_schedule import LRSchedule
 from hooks.metrics_log import MetricsLog
 from hooks.nan_guard import NanGuard
-from hooks.progress import Progress
+from hooks.progress import Progress, resolved_mode
 from hooks.resume import Resumer
 from hooks.run_directory import RunDirectory
 from hooks.step_limit import StepLimit
@@ -124,7 +123,7 @@ def build_training(cfg):
     hooks += [TrainMeter(every=global_cfg["print_batch_step"], parts=parts, flops_per_image=flops_per_image,
                          peak_flops=peak_flops),
               Bottleneck(input_hint(cfg), flops_per_image, peak_flops, peak_what,
-                         every_epoch=plain_output(global_cfg["progress"])),
+                         every_epoch=resolved_mode(global_cfg["progress"]) == "plain"),  # a line per epoch fits
               LRSchedule(optimizer, schedule.at),
               checkpoint,
               StopOnSignal(checkpoint, dist.world_size()), DataPosition(train_loader),
@@ -156,11 +155,6 @@ def input_hint(cfg) -> str:
     """The settings an input-bound run changes, as the bound line names them."""
     workers = cfg["DataLoader"]["Train"]["loader"]["num_workers"]
     return f"DataLoader.Train.loader.num_workers: {workers}, {os.cpu_count()} cores"
-
-
-def plain_output(progress: str) -> bool:
-    """Global.progress prints plain lines (plain, or auto without a terminal): a bound line per epoch fits."""
-    return progress == "plain" or (progress == "auto" and not sys.stdout.isatty())
 
 
 def build_precision(cfg, model, optimizer):
