@@ -1,6 +1,7 @@
 """Where the time goes: engine.clock's parts, the train report's shares, the bound line, the
 device peaks. Sleeps give the parts their sizes with margins no machine's speed closes."""
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -128,8 +129,12 @@ def test_gpu_peaks_by_name_and_dtype_and_the_cpu_peak_is_measured_once(tmp_path,
 
 
 def test_the_gemm_probe_counts_the_flops_of_the_matmul_it_runs(monkeypatch):
-    """2 n^3 FLOPs per [n x n] @ [n x n], divided by the fastest repeat's time."""
+    """2 n^3 FLOPs per [n x n] @ [n x n], divided by the fastest repeat's time: with a clock
+    that moves 10 ms per reading, every repeat takes 10 ms, so the rate is 2 n^3 / 0.01."""
     from deit import peak
     monkeypatch.setattr(peak, "GEMM_SIZE", 64)
     flops = peak.measure_gemm(seconds=0.05)
-    assert 1e6 < flops < 1e14 and np.isfinite(flops)
+    assert 1e6 < flops < 1e14 and np.isfinite(flops)  # the real clock: some finite rate
+    readings = iter(range(1, 10_000))
+    monkeypatch.setattr(peak, "time", SimpleNamespace(perf_counter=lambda: next(readings) * 0.01))  # peak's only
+    assert peak.measure_gemm(seconds=0.05) == pytest.approx(2 * 64 ** 3 / 0.01)
