@@ -12,6 +12,7 @@ from engine import Hook, dist
 
 from .order import Order
 from . import kinds
+from .train_meter import model_speed
 
 INPUT_BOUND = 0.2      # waiting for data above this share of the time: the loader bounds the run
 PART_BOUND = 0.25      # evaluation, checkpoints or hooks above this share: they do
@@ -83,12 +84,9 @@ class Bottleneck(Hook):
             return
         shares = {k: v / total for k, v in parts.items()}
         report = engine.state.reports.latest(kinds.TRAIN) or {}
-        mfu = tflops = None
-        per_device = report.get("img_per_s_run")
-        if per_device and self.flops_per_image:
-            tflops = per_device / dist.world_size() * self.flops_per_image / 1e12
-            mfu = tflops * 1e12 / self.peak_flops if self.peak_flops else None
-        line = diagnosis(shares, self.input_hint, mfu, self.peak_what, tflops,
+        run = report.get("img_per_s_run")
+        speed = model_speed(run / dist.world_size() if run else None, self.flops_per_image, self.peak_flops)
+        line = diagnosis(shares, self.input_hint, speed.get("mfu"), self.peak_what, speed.get("tflops_per_device"),
                          self.peak_flops / 1e12 if self.peak_flops else None)
         for text in (f"bound ({what}): {line}", straggler(report)):
             if text:

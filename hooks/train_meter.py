@@ -31,6 +31,15 @@ from . import kinds
 TIME_PARTS = ("data", "step", "hooks", "evaluation", "checkpoint")  # engine.clock's, as hooks name them
 
 
+def model_speed(img_per_s_per_device, flops_per_image, peak_flops) -> dict:
+    """{"tflops_per_device", "mfu"}: the model's achieved FLOP/s per device and its fraction of
+    the device's peak; each left out when its inputs are unknown."""
+    if not (img_per_s_per_device and flops_per_image):
+        return {}
+    flops = img_per_s_per_device * flops_per_image
+    return {"tflops_per_device": flops / 1e12, **({"mfu": flops / peak_flops} if peak_flops else {})}
+
+
 class TrainMeter(Hook):
     priority = Order.TRAIN_METER
     time_category = "step"  # its report read waits for the device's steps
@@ -139,11 +148,7 @@ class TrainMeter(Hook):
         per step (data, hooks, evaluation, checkpoints: what its step's collectives do not
         even out, since every rank's step waits for the slowest in the all-reduce) and the
         slowest rank."""
-        out = {}
-        if self.flops_per_image and per_device:
-            out["tflops_per_device"] = per_device * self.flops_per_image / 1e12
-            if self.peak_flops:
-                out["mfu"] = per_device * self.flops_per_image / self.peak_flops
+        out = model_speed(per_device, self.flops_per_image, self.peak_flops)
         if dist.world_size() > 1:
             own = sum(seconds[p] for p in TIME_PARTS if p != "step") / max(self.loss_count, 1)
             owns = dist.gather_objects(own)
