@@ -33,6 +33,8 @@ def write_tiny_config(folder, tiny_dataset, edit=None) -> str:
                                   cls_label_path=os.path.join(tiny_dataset, name))
         section["sampler"]["batch_size"] = 16
         section["loader"]["num_workers"] = 0
+    # the tiny dataset's own class names: demo.yaml's point into ~/.cache, there only after a demo run
+    cfg["Infer"]["PostProcess"]["class_id_map_file"] = os.path.join(tiny_dataset, "label_list.txt")
     if edit is not None:
         edit(cfg)
     path = folder / "tiny.yaml"
