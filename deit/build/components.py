@@ -78,7 +78,7 @@ def build_train_loader(cfg) -> Loader:
         raise SetupError(f"DataLoader.Train: {len(dataset)} images give no full batch of "
                          f"{sampler_cfg['batch_size']} per device; lower DataLoader.Train.sampler.batch_size")
     return Loader(dataset, sampler, **section["loader"], batch_transform=batch_transform, seed=global_cfg["seed"],
-                  rank=dist.rank())
+                  rank=dist.rank(), last_epoch=global_cfg["epochs"])
 
 
 def build_batch_transform(ops, num_classes: int, batch_size: int):

@@ -59,11 +59,11 @@ class ResumableBatchSampler:
             return int(math.floor(self.n // 256 * 256 / world)) or math.ceil(self.n / world)
         return math.ceil(self.n / world)
 
-    def _global_order(self, world_size: int) -> np.ndarray:
-        """This epoch's global sequence for an epoch begun by `world_size` ranks: rows of
-        (index, copy), copy counting the index's earlier appearances in the sequence."""
+    def _global_order(self, world_size: int, epoch: int | None = None) -> np.ndarray:
+        """An epoch's global sequence (this one's by default) for an epoch begun by `world_size`
+        ranks: rows of (index, copy), copy counting the index's earlier appearances in it."""
         if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            order = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch]).permutation(self.n)
         else:
             order = np.arange(self.n)
         keys = np.stack([np.repeat(order, self.repeats), np.tile(np.arange(self.repeats), self.n)], axis=1)
@@ -120,18 +120,16 @@ class ResumableBatchSampler:
         """This rank's dataset keys in batch `b`: (index, epoch), or (index, epoch, copy) for a
         repeated copy."""
         if self._plan is not None:
-            rows = self._plan["chunks"][b - self._plan["base"]][self.rank::self.world_size]
-        else:
-            rows = self._rank_rows()[b * self.batch_size:(b + 1) * self.batch_size]
-        return [(int(i), self.epoch) if not c else (int(i), self.epoch, int(c)) for i, c in rows]
+            return _keys(self._plan["chunks"][b - self._plan["base"]][self.rank::self.world_size], self.epoch)
+        return _keys(self._rank_rows()[b * self.batch_size:(b + 1) * self.batch_size], self.epoch)
 
     # ---- iteration --------------------------------------------------------------------------
     def indices(self) -> np.ndarray:
         """This rank's sample indices for the current epoch, in order (plain plan)."""
         return self._rank_rows()[:, 0]
 
-    def _rank_rows(self) -> np.ndarray:
-        return self._global_order(self.world_size)[self.rank::self.world_size][: self._per_rank()]
+    def _rank_rows(self, epoch: int | None = None) -> np.ndarray:
+        return self._global_order(self.world_size, epoch)[self.rank::self.world_size][: self._per_rank()]
 
     def __len__(self) -> int:
         if self._plan is not None:
@@ -141,6 +139,31 @@ class ResumableBatchSampler:
     def __iter__(self):
         for b in range(self.start_batch, len(self)):
             yield self.batch_keys(b)
+
+    def stream(self, last_epoch: int | None = None):
+        """This epoch's batches from `start_batch` on, then every later epoch's in full, up to
+        `last_epoch` (for ever without it): the same keys as `set_epoch` and `__iter__` give
+        epoch by epoch, as one sequence a loader can prefetch across epoch boundaries. It reads
+        the sampler's state once, when it starts, so the epoch the trainer is in (what
+        `position` and `progress` answer for) never moves ahead with the prefetch."""
+        epoch, plan = self.epoch, self._plan
+        first = range(self.start_batch, len(self))
+        if plan is not None:  # the rest of an epoch begun by another world size
+            yield from (_keys(plan["chunks"][b - plan["base"]][self.rank::self.world_size], epoch) for b in first)
+        else:
+            rows = self._rank_rows(epoch)
+            yield from (_keys(rows[b * self.batch_size:(b + 1) * self.batch_size], epoch) for b in first)
+        steps = self.steps_per_epoch(self.world_size)
+        while last_epoch is None or epoch < last_epoch:
+            epoch += 1
+            rows = self._rank_rows(epoch)
+            for b in range(steps):
+                yield _keys(rows[b * self.batch_size:(b + 1) * self.batch_size], epoch)
+
+
+def _keys(rows, epoch: int) -> list:
+    """Dataset keys of (index, copy) rows: (index, epoch), or (index, epoch, copy) for a repeated copy."""
+    return [(int(i), epoch) if not c else (int(i), epoch, int(c)) for i, c in rows]
 
 
 class ShardedEvalSampler:
