@@ -42,6 +42,15 @@ def write_tiny_config(folder, tiny_dataset, edit=None) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def compiled_kernels(tmp_path_factory):
+    """deit/cpu/kernels.c built into a temporary cache (not the user's)."""
+    from deit.cpu import kernels
+    if kernels.find_compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    return kernels.load(str(tmp_path_factory.mktemp("kernels")))
+
+
 @pytest.fixture
 def tiny_config(tiny_dataset, tmp_path):
     return write_tiny_config(tmp_path, tiny_dataset)

@@ -139,7 +139,8 @@ def build_training(cfg):
     ema = cfg["EMA"]
     if ema["decay"] > 0:
         ema_model = use_cpu_speed_paths(build_model(cfg["Model"]), cfg, kernels)  # its evaluation gains
-        hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"], weights=trained_weights))
+        hooks.append(EMA(model, ema_model, ema["decay"], ema["thres_steps"], weights=trained_weights,
+                         fused=kernels.lerp_all if kernels is not None else None))
         if evaluation is not None and ema["eval_with_ema"]:
             hooks.append(evaluate(partial(evaluation, ema_model), name=kinds.EVAL_EMA))
     if global_cfg["max_train_step"]:

@@ -170,3 +170,13 @@ void heads_to_tokens(const float *const *src, float *restrict dst, int64_t group
                     memcpy(dst + (((b * tokens + t) * groups + g) * heads + h) * head_dim,
                            src[g] + ((b * heads + h) * tokens + t) * head_dim, head_dim * sizeof(float));
 }
+
+/* dst[t] += weight * (src[t] - dst[t]) for every tensor t: an EMA update over all parameters in
+   one call, in place of a Paddle op (and its dispatch) per tensor. */
+void lerp_many(float *const *dst, const float *const *src, const int64_t *sizes, int64_t count, float weight) {
+    for (int64_t t = 0; t < count; t++) {
+        float *restrict d = dst[t];
+        const float *restrict s = src[t];
+        for (int64_t i = 0; i < sizes[t]; i++) d[i] += weight * (s[i] - d[i]);
+    }
+}

@@ -41,6 +41,7 @@ SIGNATURES = {  # name: (argtypes, restype)
     "softmax_backward": ([_P, _P, _P, _N, _N, _F], None),
     "tokens_to_heads": ([_P, _P, _N, _N, _N, _N, _N], None),
     "heads_to_tokens": ([_P, _P, _N, _N, _N, _N, _N], None),
+    "lerp_many": ([_P, _P, _P, _N, _F], None),
 }
 
 
@@ -169,6 +170,25 @@ class CpuKernels:
         y = paddle.empty([b, t, len(parts), h, d], parts[0].dtype)
         self._heads_to_tokens(_pointers(parts), y.data_ptr(), len(parts), b, t, h, d)
         return y
+
+
+    def lerp_all(self, targets, sources):
+        """`update(weight)`: targets[i] += weight * (sources[i] - targets[i]) in place for every
+        i, in one C call. EMA's update: a Paddle `lerp_` per tensor spent most of its time in
+        dispatch (bench/NOTES.md). The tensors are checked once, here; their addresses are read
+        at every call, so a tensor whose memory is replaced (set_value) is still followed."""
+        if len(targets) != len(sources):
+            raise ValueError(f"lerp_all: {len(targets)} targets for {len(sources)} sources")
+        for t, s in zip(targets, sources):
+            if _dense(t) is not t or _dense(s) is not s or t.shape != s.shape:
+                raise TypeError(f"lerp_all takes pairs of contiguous float32 CPU tensors of one shape, "
+                                f"got {t.shape} and {s.shape}")
+        targets, sources = list(targets), list(sources)
+        sizes, count = (ctypes.c_int64 * len(targets))(*(t.size for t in targets)), len(targets)
+
+        def update(weight: float) -> None:
+            self._lerp_many(_pointers(targets), _pointers(sources), sizes, count, weight)
+        return update
 
 
 def _pointers(tensors):

@@ -16,11 +16,9 @@ from deit.model import VisionTransformer
 needs_compiler = pytest.mark.skipif(cpu_kernels.find_compiler() is None, reason="no C compiler on this machine")
 
 
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
-    if cpu_kernels.find_compiler() is None:
-        pytest.skip("no C compiler on this machine")
-    return cpu_kernels.load(str(tmp_path_factory.mktemp("kernels")))
+@pytest.fixture
+def kernels(compiled_kernels):
+    return compiled_kernels
 
 
 def _t(a):
@@ -110,6 +108,32 @@ def test_non_contiguous_inputs_are_read_in_logical_order(kernels):
     x = paddle.to_tensor(np.arange(24, dtype="float32").reshape(2, 3, 4) / 10).transpose([0, 2, 1])
     np.testing.assert_allclose(kernels.gelu_forward(x).numpy(),
                                kernels.gelu_forward(_t(x.numpy())).numpy(), rtol=0, atol=0)
+
+
+def test_lerp_all_is_the_ema_recurrence_over_every_tensor_in_place(kernels):
+    rng = np.random.default_rng(0)
+    shapes = [(3, 5), (7,), (2, 2, 2), (1,)]
+    targets = [_t(rng.normal(size=s)) for s in shapes]
+    sources = [_t(rng.normal(size=s)) for s in shapes]
+    expected = [t.numpy().astype(np.float64) for t in targets]
+    addresses = [t.data_ptr() for t in targets]
+    update = kernels.lerp_all(targets, sources)
+    for weight in (0.1, 0.25):
+        update(weight)
+        expected = [e + weight * (s.numpy() - e) for e, s in zip(expected, sources)]
+    for got, want in zip(targets, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-7)
+    assert [t.data_ptr() for t in targets] == addresses  # in place
+
+
+def test_lerp_all_refuses_what_it_cannot_update_in_place(kernels):
+    a, b = _t(np.zeros((2, 3))), _t(np.zeros((3, 2)))
+    with pytest.raises(TypeError, match="one shape"):
+        kernels.lerp_all([a], [b])
+    with pytest.raises(TypeError, match="float32"):
+        kernels.lerp_all([a.astype("float64")], [a.astype("float64")])
+    with pytest.raises(ValueError, match="2 targets for 1 sources"):
+        kernels.lerp_all([a, a], [a])
 
 
 def test_other_dtypes_are_refused(kernels):
