@@ -34,6 +34,11 @@ RESUME = "resume"
 EVAL = "eval"
 EVAL_EMA = "eval_ema"
 
+# EarlyStopping, at the evaluation that stops the run: event, counters, metric (e.g. top1), mode,
+#   evaluation (eval or eval_ema), best, best_epoch, best_iteration, patience, min_delta, reason.
+# Read by MetricsLog.
+EARLY_STOP = "early_stop"
+
 # DataHealth, at every epoch's end: skipped_files (unreadable images so far, all workers).
 # Read by MetricsLog, which writes a row when any were skipped.
 DATA_HEALTH = "data_health"

@@ -69,6 +69,9 @@ class MetricsLog(Hook):
     def eval_end(self, engine):
         state = engine.state
         self._write(state.reports.latest(state.evaluation.name))
+        stop = state.reports.fresh(kinds.EARLY_STOP)  # why the run stops, if it stops at this evaluation
+        if stop is not None and stop["evaluation"] == state.evaluation.name:
+            self._write(stop)
 
     def state_dict(self):
         return {"bytes": self.file.tell()} if self.file is not None else {}

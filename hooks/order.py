@@ -22,6 +22,8 @@ class Order(IntEnum):
     EMA = 20
     # evaluates the model (and the EMA model) the step and EMA left
     EVALUATE = 30
+    # reads the evaluation just made; stops before the rows and the checkpoint record the step
+    EARLY_STOPPING = 31
     # yours, by default (engine.Priority.NORMAL): after training-state hooks, before the ones
     # that record or show them; the data position and the step limit run here too
     NORMAL = 50

@@ -31,6 +31,20 @@ def check_config(cfg, architecture: dict) -> None:
     if cfg["EMA"]["eval_with_ema"] and cfg["EMA"]["decay"] == 0:
         raise SetupError("EMA.eval_with_ema is true but EMA.decay is 0 (EMA off): set EMA.decay "
                          "(DeiT: 0.99996) or turn eval_with_ema off")
+    _check_early_stopping(cfg)
+
+
+def _check_early_stopping(cfg) -> None:
+    """EarlyStopping needs the evaluation it watches, and a metric that evaluation gives."""
+    stop = cfg["EarlyStopping"]
+    if not stop["patience"]:
+        return
+    if not cfg["Global"]["eval_during_train"]:
+        raise SetupError("EarlyStopping.patience is set but Global.eval_during_train is false: nothing to "
+                         "watch; turn evaluation on or set EarlyStopping.patience: 0")
+    if stop["evaluation"] == "eval_ema" and not cfg["EMA"]["eval_with_ema"]:
+        raise SetupError("EarlyStopping.evaluation is eval_ema but the EMA model is not evaluated: set "
+                         "EMA.decay and EMA.eval_with_ema: true, or EarlyStopping.evaluation: eval")
 
 
 def _mix_class_nums(cfg):

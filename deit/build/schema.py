@@ -152,6 +152,13 @@ SCHEMA = {
         "grad_clip": ("any", 0.0),                      # a global-norm clip (0 = off), or PLSC's
                                                         # {name: ClipGradByGlobalNorm, clip_norm: N}
     },
+    "EarlyStopping": {                                  # ours: Ignite's EarlyStopping
+        "patience": ("int", 0, ">=0"),                  # evaluations without improvement; 0 = off
+        "min_delta": ("float", 0.0, ">=0"),             # an improvement is more than this
+        "metric": (("top1", "top5", "loss", "top1_cls", "top1_dist"), "top1"),
+        "mode": (("auto", "max", "min"), "auto"),       # auto: min for loss, max for accuracies
+        "evaluation": (("eval", "eval_ema"), "eval"),   # the model's, or the EMA model's
+    },
     "EMA": {
         "decay": ("float", 0.0, "[0,1)"),               # 0 = off; official DeiT uses 0.99996
         "thres_steps": ("bool", False),

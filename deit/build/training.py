@@ -14,6 +14,7 @@ from hooks.checkpoint import Checkpoint
 from hooks.checkpoint_state import CheckpointContents
 from hooks.data_health import DataHealth
 from hooks.data_position import DataPosition
+from hooks.early_stopping import EarlyStopping
 from hooks.ema import EMA
 from hooks.evaluate import Evaluate
 from hooks.grad_scaler import GradScaler
@@ -143,6 +144,13 @@ def build_training(cfg):
                          fused=kernels.lerp_all if kernels is not None else None))
         if evaluation is not None and ema["eval_with_ema"]:
             hooks.append(evaluate(partial(evaluation, ema_model), name=kinds.EVAL_EMA))
+    stop = cfg["EarlyStopping"]
+    if stop["patience"]:
+        if stop["metric"] in ("top1_cls", "top1_dist") and not getattr(model, "distilled", False):
+            raise SetupError(f"EarlyStopping.metric {stop['metric']} is a distilled model's head, and "
+                             f"{cfg['Model']['name']} has one head: use top1, top5 or loss")
+        mode = stop["mode"] if stop["mode"] != "auto" else ("min" if stop["metric"] == "loss" else "max")
+        hooks.append(EarlyStopping(stop["patience"], stop["min_delta"], stop["metric"], mode, stop["evaluation"]))
     if global_cfg["max_train_step"]:
         hooks.append(StepLimit(global_cfg["max_train_step"]))
     hooks += [import_hook(name, kwargs, f"Hooks.{i}") for i, entry in enumerate(cfg["Hooks"])
