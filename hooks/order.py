@@ -33,6 +33,7 @@ class Order(IntEnum):
     METRICS_LOG = 85
     # writes the same reports as curves; like the metrics log, a reader of the reports
     VISUALDL = 86
+    TENSORBOARD = 87
     # yours: the last place whose state a checkpoint of this step holds
     BEFORE_CHECKPOINT = 89
     # saves after every hook whose state or rows it records

@@ -77,6 +77,7 @@ SCHEMA = {
         "epochs": ("int", 300, ">=1"),
         "print_batch_step": ("int", 10, ">=1"),
         "use_visualdl": ("bool", False),
+        "use_tensorboard": ("bool", False),                # ours: curves for TensorBoard (tensorboardX)
         "seed": ("int", 42, ">=0"),
         "num_threads": ("int", 0, ">=0"),               # ours: CPU threads, 0 = all cores
         "cpu_kernels": (("auto", "on", "off"), "auto"),  # ours: compiled GELU/LayerNorm/softmax (fp32 CPU)

@@ -28,6 +28,7 @@ from hooks.step_limit import StepLimit
 from hooks.stop_on_signal import StopOnSignal
 from hooks.train_log import TrainLog
 from hooks.train_meter import TrainMeter
+from hooks.tensorboard import TensorBoard
 from hooks.visualdl import VisualDL
 
 from ..cast_on_cpu import cast_like_gpu
@@ -132,6 +133,8 @@ def build_training(cfg):
               DataHealth(train_loader.dataset)]
     if global_cfg["use_visualdl"]:
         hooks.append(VisualDL(run_dir.file("vdl")))
+    if global_cfg["use_tensorboard"]:
+        hooks.append(TensorBoard(run_dir.file("tensorboard")))
     evaluation = build_evaluation(cfg, precision.autocast, eval_loader) if eval_loader is not None else None
     evaluate = partial(Evaluate, interval=global_cfg["eval_interval"], unit=global_cfg["eval_unit"],
                        batches=evaluation.batches if evaluation else None)

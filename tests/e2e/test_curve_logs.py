@@ -1,0 +1,92 @@
+"""TensorBoard and VisualDL curves read back with each tool's own reader: the same points as
+metrics.jsonl, and after a kill -9 and resume each point once, as in an uninterrupted run."""
+import glob
+import json
+import os
+import signal
+import sys
+
+import pytest
+
+import run
+from tests.faults import TIMING, hooks_option, metrics_rows, run_cli, write_hooks
+
+
+def _tensorboard_curves(logdir):
+    """tag -> [(step, value)], every event file of the folder in the order written, with
+    TensorBoard's own purging of out-of-order steps off: duplicates would show."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(logdir, purge_orphaned_data=False)
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _visualdl_curves(logdir):
+    visualdl = pytest.importorskip("visualdl")
+    curves = {}
+    for path in sorted(glob.glob(os.path.join(logdir, "vdlrecords.*.log"))):
+        reader = visualdl.LogReader(file_path=path)
+        for tag in reader.get_tags().get("scalar", []):
+            curves.setdefault(tag, []).extend((p.id, p.value) for p in reader.get_data("scalar", tag))
+    return curves
+
+
+def _from_metrics(rows):
+    """The curves metrics.jsonl's rows say the loggers must hold (training values only)."""
+    expected = {}
+    for r in rows:
+        kind = r["event"]
+        keys = ("loss", "lr") if kind == "train" else ("top1", "top5", "loss") if kind in ("eval", "eval_ema") else ()
+        for key in keys:
+            expected.setdefault(f"{kind}/{key}", []).append((r["iteration"], pytest.approx(r[key], rel=1e-6)))
+    return expected
+
+
+def test_tensorboard_curves_read_back_with_tensorboards_reader(tiny_config):
+    pytest.importorskip("tensorboardX")
+    out = os.path.join(os.path.dirname(tiny_config), "out")
+    assert run.main(["-c", tiny_config, "-o", "Global.use_tensorboard=true"]) == 0
+    curves = _tensorboard_curves(os.path.join(out, "tensorboard"))
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    for tag, points in _from_metrics(rows).items():
+        assert curves[tag] == points, tag
+    for key in ("img_per_s", "time_step", "mfu"):  # measured, at the reports that measure them
+        steps = [r["iteration"] for r in rows if r["event"] == "train" and r.get(key) is not None]
+        assert steps and [step for step, _ in curves[f"train/{key}"]] == steps, key
+
+
+# 120 images / batch 16 = 7 steps per epoch, 3 epochs, checkpoints every 3 steps, killed at step 11:
+# steps 10 and 11 were logged after the last checkpoint (step 9) and are trained and logged again
+CURVES = ("Global.epochs=3", "Global.use_tensorboard=true", "Global.use_visualdl=true",
+          "Global.save_unit=step", "Global.save_interval=3", "Global.max_num_latest_checkpoint=-1",
+          "Global.print_batch_step=1")
+
+
+def test_after_kill_and_resume_every_point_is_there_once(tiny_config, tmp_path):
+    pytest.importorskip("tensorboardX")
+    write_hooks(tmp_path)
+    reference, cut = tmp_path / "reference", tmp_path / "cut"
+    assert run_cli(tiny_config, reference, *CURVES, hooks_dir=tmp_path).returncode == 0
+    killed = run_cli(tiny_config, cut, *CURVES, hooks_option("fault_hooks.KillAt: {step: 11}"), hooks_dir=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = run_cli(tiny_config, cut, *CURVES, "Global.checkpoint=auto", hooks_dir=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    expected = _from_metrics([r for r in metrics_rows(reference) if r["event"] != "resume"])
+    assert len(expected["train/loss"]) == 21
+    for read, folder in ((_tensorboard_curves, "tensorboard"), (_visualdl_curves, "vdl")):
+        got = read(str(cut / folder))
+        for tag, points in expected.items():
+            assert got[tag] == points, (folder, tag)
+        assert set(got) == set(read(str(reference / folder)))
+        for tag, points in got.items():  # the measured ones too: no step twice, none out of order
+            steps = [step for step, _ in points]
+            assert steps == sorted(set(steps)), (folder, tag)
+
+
+def test_use_tensorboard_without_the_package_is_one_line(tiny_config, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    assert run.main(["-c", tiny_config, "-o", "Global.use_tensorboard=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install tensorboardX" in err
+    assert not os.path.exists(os.path.join(os.path.dirname(tiny_config), "out"))
