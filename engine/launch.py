@@ -35,6 +35,14 @@ def _workers_started(log_dir: str, since: float) -> bool:
     return any(os.path.getmtime(p) >= since for p in glob.glob(os.path.join(log_dir, "workerlog.*")))
 
 
+def _without_ccache_warning(environ) -> dict:
+    """Paddle's import warns that ccache is missing (it would only speed up building C++
+    extensions, which a launch does not build); run.py filters it in the ranks, this filters
+    it in the launcher, which imports Paddle too."""
+    rules = [r for r in environ.get("PYTHONWARNINGS", "").split(",") if r]
+    return dict(environ, PYTHONWARNINGS=",".join(rules + ["ignore:No ccache found"]))
+
+
 def supervised_launch(launch_args: List[str], script: str, script_args: List[str], poll_s: float = 0.5) -> int:
     limit = connect_timeout()
     log_dir = _option(launch_args, "--log_dir", "log")
@@ -42,7 +50,7 @@ def supervised_launch(launch_args: List[str], script: str, script_args: List[str
     node_rank = _option(launch_args, "--rank")
     cmd = [sys.executable, "-m", "paddle.distributed.launch", *launch_args, script, *script_args]
     start_wall, start = time.time() - 1.0, time.monotonic()
-    child = subprocess.Popen(cmd, start_new_session=True)
+    child = subprocess.Popen(cmd, start_new_session=True, env=_without_ccache_warning(os.environ))
     try:
         while child.poll() is None and not _workers_started(log_dir, start_wall):
             waited = time.monotonic() - start
