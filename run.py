@@ -297,10 +297,16 @@ def _export(cfg) -> int:
     from deit.build.runtime import setup_runtime
     from deit.build.weights import load_pretrained
     from deit.errors import SetupError, paddle_message
-    from deit.inference.export import export_inference
-    weights = cfg["Global"]["pretrained_model"]
+    from deit.inference.export import ONNX_EXTRA, export_inference, export_onnx
+    weights, export_cfg = cfg["Global"]["pretrained_model"], cfg["Export"]
     if not weights:
         raise SetupError("--export needs weights: set -o Global.pretrained_model=PATH_PREFIX")
+    onnx = export_cfg["export_type"] == "onnx"
+    if onnx:  # refused before any file is written
+        try:
+            import paddle2onnx  # noqa: F401
+        except ImportError as exc:
+            raise SetupError(f"Export.export_type onnx needs paddle2onnx ({exc}): {ONNX_EXTRA}") from None
     setup_runtime(cfg)
     model = build_model(cfg["Model"])
     load_pretrained(model, weights)
@@ -312,9 +318,13 @@ def _export(cfg) -> int:
                          f"to take the model's")
     try:
         export_inference(model, shape, dest)
-    except Exception as exc:  # noqa: BLE001 - tracing or writing: one line, the cause kept
+        if onnx:
+            export_onnx(dest, dest + ".onnx", export_cfg["opset_version"])
+    except Exception as exc:  # noqa: BLE001 - tracing, converting or writing: one line, the cause kept
         raise SetupError(f"--export to {dest} failed: {type(exc).__name__}: {paddle_message(exc)}") from None
     print(f"exported {weights} to {dest}.json / {dest}.pdiparams (input {shape})")
+    if onnx:
+        print(f"exported {dest}.onnx (ONNX opset {export_cfg['opset_version']}, batch dimension free)")
     return 0
 
 

@@ -9,7 +9,7 @@ from ..data.transforms import build_transforms
 from ..errors import SetupError, paddle_message
 from ..inference.export import export_inference
 from ..inference.predict import check_save_path, list_images, read_class_names
-from ..inference.runners import EagerModel, InferenceLayer, InferenceModel
+from ..inference.runners import EagerModel, InferenceLayer, InferenceModel, OnnxModel
 from .checks import check_pipeline
 from .components import build_model
 from .runtime import setup_runtime
@@ -60,8 +60,12 @@ def _deploy(cfg) -> bool:
     return backend == "paddle_inference" or (backend == "auto" and cfg["Global"]["device"] == "cpu")
 
 
-def _inference_model(cfg, prefix: str) -> InferenceModel:
-    return InferenceModel(prefix, cfg["Global"]["device"], int(os.environ.get("OMP_NUM_THREADS", "0") or 0))
+def _inference_model(cfg, prefix: str):
+    """Paddle Inference on an exported PREFIX, or onnxruntime on a .onnx file."""
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if prefix.endswith(".onnx"):
+        return OnnxModel(prefix, cfg["Global"]["device"], threads)
+    return InferenceModel(prefix, cfg["Global"]["device"], threads)
 
 
 def _export_to_temp(model) -> str:

@@ -168,7 +168,8 @@ SCHEMA = {
     "DataLoader": {"Train": _LOADER, "Eval": _LOADER},
     "Metric": {"Train": {"*ops": METRIC_OPS}, "Eval": {"*ops": METRIC_OPS}},
     "Export": {
-        "export_type": (("paddle",), "paddle"),
+        "export_type": (("paddle", "onnx"), "paddle"),  # onnx: also PREFIX.onnx (paddle2onnx)
+        "opset_version": ("int", 17, ">=7"),            # ours: ONNX opset (17 has LayerNormalization)
         "input_shape": ("list?", None),                 # null: [None, 3, img, img] of the model
         "save_path": ("str?", None),                    # ours
     },
@@ -181,7 +182,7 @@ SCHEMA = {
             "topk": ("int", 5, ">=1"),
             "class_id_map_file": ("str?", None),
         },
-        "inference_model": ("str?", None),              # ours: an exported PREFIX, run by Paddle Inference
+        "inference_model": ("str?", None),              # ours: an exported PREFIX (Paddle Inference) or a .onnx (onnxruntime)
         # ours, for --predict and --eval from weights: auto = Paddle Inference on CPU (faster)
         "backend": (("auto", "eager", "paddle_inference"), "auto"),
         "format": (("table", "jsonl"), "table"),        # ours: what --predict prints

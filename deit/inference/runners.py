@@ -79,6 +79,42 @@ class InferenceModel:
         return self.output.copy_to_cpu().astype(np.float32)
 
 
+class OnnxModel:
+    """An ONNX file (`--export -o Export.export_type=onnx`) run by onnxruntime, on the CPU, or
+    on the GPU where onnxruntime has CUDA."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str, device: str = "cpu", threads: int = 0):
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise SetupError(f"Infer.inference_model {path} is ONNX, and onnxruntime cannot be imported ({exc}): "
+                             f"pip install onnxruntime (this package's [onnx] extra)") from None
+        if not os.path.isfile(path):
+            raise SetupError(f"Infer.inference_model: no ONNX model at {path}: export one with --export "
+                             f"-o Export.export_type=onnx")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.log_severity_level = 3  # errors only: its notes on graph rewrites are not the user's concern
+        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
+        providers = [p for p in wanted if p in onnxruntime.get_available_providers()]
+        try:
+            self.session = onnxruntime.InferenceSession(path, options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - not ONNX, or a graph it cannot run: one line
+            raise SetupError(f"Infer.inference_model: onnxruntime cannot load {path}: {exc}") from None
+        self.input, self.path = self.session.get_inputs()[0].name, path
+        self.name = f"onnxruntime, {self.session.get_providers()[0]}"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        try:
+            out = self.session.run(None, {self.input: np.ascontiguousarray(images, dtype=np.float32)})
+        except Exception as exc:  # noqa: BLE001 - most often images of another size than exported
+            raise SetupError(f"the ONNX model {self.path} fails on a batch of shape {list(images.shape)} "
+                             f"(export size and Infer.transforms must agree): {exc}") from None
+        return out[0].astype(np.float32)
+
+
 class InferenceLayer:
     """An InferenceModel where evaluation expects a Paddle layer: tensors in and out, and the
     train/eval switches (no-ops: an exported model is always in eval mode)."""

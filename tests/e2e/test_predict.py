@@ -219,3 +219,85 @@ def test_predictions_never_overwrite_weights_checkpoints_or_run_files(trained, t
     for _ in range(2):
         assert run.main(["-c", config, "--predict", "-o", f"Infer.infer_imgs={image}", "-o",
                          f"Global.pretrained_model={out}/final", "-o", f"Infer.save_path={saved}"]) == 0
+
+
+# ---- ONNX ------------------------------------------------------------------------------------
+
+def _export_onnx(config, out, capsys):
+    dest = f"{out}/onnx/inference"
+    capsys.readouterr()
+    assert run.main(["-c", config, "--export", "-o", f"Global.pretrained_model={out}/final",
+                     "-o", "Export.export_type=onnx", "-o", f"Export.save_path={dest}"]) == 0
+    said = capsys.readouterr()
+    assert f"exported {dest}.onnx (ONNX opset 17" in said.out
+    assert "Paddle2ONNX" not in said.out + said.err and "install" not in said.out + said.err  # quiet, installs nothing
+    return dest + ".onnx"
+
+
+def test_onnx_export_agrees_with_the_eager_model_on_every_val_image(trained, tiny_dataset, capsys):
+    pytest.importorskip("paddle2onnx")
+    pytest.importorskip("onnxruntime")
+    config, out = trained
+    onnx_file = _export_onnx(config, out, capsys)
+    val = os.path.join(tiny_dataset, "val")
+    _, eager, _ = _predict(config, capsys, f"Infer.infer_imgs={val}", f"Global.pretrained_model={out}/final",
+                           "Infer.backend=eager")
+    code, deployed, _ = _predict(config, capsys, f"Infer.infer_imgs={val}", f"Infer.inference_model={onnx_file}")
+    assert code == 0 and len(deployed) == len(eager) == 40
+    assert [r["class_ids"][0] for r in eager] == [r["class_ids"][0] for r in deployed]
+    np.testing.assert_allclose([r["scores"] for r in eager], [r["scores"] for r in deployed], atol=2e-5)
+
+
+def _eager_and_onnx_logits(model, onnx_file, batches):
+    import paddle
+    from deit.inference.runners import OnnxModel
+    runner, rng = OnnxModel(onnx_file), np.random.default_rng(0)
+    model.eval()
+    for n in batches:  # the batch dimension is free
+        x = rng.standard_normal((n, 3, model.img_size, model.img_size)).astype(np.float32)
+        with paddle.no_grad():
+            yield model(paddle.to_tensor(x)).numpy(), runner(x)
+
+
+@pytest.mark.parametrize("name", ["demo", "DeiT_tiny_patch16_224"])
+def test_onnx_logits_equal_the_eager_models_within_1e_4(name, tmp_path):
+    pytest.importorskip("paddle2onnx")
+    pytest.importorskip("onnxruntime")
+    import paddle
+    from deit.inference.export import export_inference, export_onnx
+    from deit.model import DeiT_tiny_patch16_224, VisionTransformer
+    paddle.seed(0)
+    model = (VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2, class_num=10)
+             if name == "demo" else DeiT_tiny_patch16_224(class_num=1000))
+    prefix = export_inference(model, [None, 3, model.img_size, model.img_size], str(tmp_path / "m"))
+    onnx_file = export_onnx(prefix, str(tmp_path / "m.onnx"), 17)
+    for eager, onnx in _eager_and_onnx_logits(model, onnx_file, (1, 3) if name == "demo" else (2,)):
+        assert np.abs(eager).max() > 0.1  # logits that say something
+        np.testing.assert_allclose(onnx, eager, atol=1e-4, rtol=0)
+
+
+def test_onnx_without_its_packages_is_one_line_and_writes_nothing(trained, tiny_dataset, tmp_path, monkeypatch,
+                                                                 capsys):
+    import sys
+    config, out = trained
+    monkeypatch.setitem(sys.modules, "paddle2onnx", None)
+    capsys.readouterr()
+    assert run.main(["-c", config, "--export", "-o", f"Global.pretrained_model={out}/final", "-o",
+                     "Export.export_type=onnx", "-o", f"Export.save_path={tmp_path}/x/inference"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install paddle2onnx onnxruntime" in err
+    assert not os.path.exists(tmp_path / "x")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    (tmp_path / "m.onnx").write_bytes(b"not used")
+    code, _, err = _predict(config, capsys, f"Infer.infer_imgs={tiny_dataset}/val",
+                            f"Infer.inference_model={tmp_path}/m.onnx")
+    assert code == 2 and err.count("\n") == 1 and "pip install onnxruntime" in err
+
+
+def test_a_file_that_is_not_onnx_is_one_line(trained, tiny_dataset, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    config, _ = trained
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07garbage")
+    code, _, err = _predict(config, capsys, f"Infer.infer_imgs={tiny_dataset}/val",
+                            f"Infer.inference_model={tmp_path}/m.onnx")
+    assert code == 2 and err.count("\n") == 1 and "onnxruntime cannot load" in err
