@@ -6,7 +6,8 @@ ours and timm's.
 Each run is a grandchild process measured by its own small parent, so the runs do not share a
 maximum; the peak is the largest RSS of any single process (getrusage RUSAGE_CHILDREN), i.e.
 the training process itself: loader workers are separate, smaller processes. Target (issue
-15): ours <= 1.1x timm for the DeiT-Ti step.
+15): ours <= 1.1x timm for the DeiT-Ti step. The same step with Model.recompute=1 (every block
+recomputed in the backward) shows what recompute saves (issue 26).
 """
 import argparse
 import os
@@ -43,6 +44,8 @@ def main():
                         "-o", f"Global.epochs={args.demo_epochs}", "-o", "Global.progress=off"])
     tiny = peak_rss_mb([sys.executable, os.path.join(HERE, "train_step.py"), "--worker", "ours",
                         "--batch", "32", "--steps", "3", "--warmup", "1"])
+    recomputed = peak_rss_mb([sys.executable, os.path.join(HERE, "train_step.py"), "--worker", "ours",
+                              "--batch", "32", "--steps", "3", "--warmup", "1", "--recompute", "1"])
     timm = None
     if args.torch_python:
         sys.path.insert(0, ROOT)
@@ -55,6 +58,8 @@ def main():
     print(f"{'demo (configs/demo.yaml, train + eval + checkpoints)':<52}{demo:>14.0f}")
     print(f"{'DeiT-Ti/16 224px, batch 32, fp32, engine + hooks':<52}{tiny:>14.0f}"
           + (f"{tiny / timm:>12.2f}x" if timm else ""))
+    print(f"{'the same, Model.recompute=1 (every block)':<52}{recomputed:>14.0f}"
+          + (f"{recomputed / timm:>12.2f}x" if timm else "") + f"   {recomputed - tiny:+.0f} MB")
     if timm:
         print(f"{'timm + torch, the same step':<52}{timm:>14.0f}{1.0:>12.2f}x")
         print("target: ours <= 1.1x timm")

@@ -29,14 +29,14 @@ MODELS = {
 }
 
 
-def worker_ours(model, batch, steps, warmup):
+def worker_ours(model, batch, steps, warmup, recompute=0):
     import time
     sys.path.insert(0, HERE)
     from _common import SyntheticBatches, bench_config
     from deit.build.training import build_training
     overrides, size, classes, _, _ = MODELS[model]
     out = tempfile.mkdtemp()
-    cfg = bench_config(overrides, batch, out, img_size=size, epochs=1)
+    cfg = bench_config({**overrides, "recompute": recompute}, batch, out, img_size=size, epochs=1)
     cfg["DataLoader"]["Train"]["sampler"]["drop_last"] = True
     engine = build_training(cfg).engine
     engine.data = SyntheticBatches(warmup + steps, batch, size, classes)
@@ -116,11 +116,13 @@ def _spawn(python, which, args):
 def main():
     parser = worker_parser(__doc__, WORKERS, batch=0, steps=8)
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--recompute", type=int, default=0, help="our Model.recompute (bench/memory.py)")
     args = parser.parse_args()
     args.batch = args.batch or MODELS[args.model][3]
     sys.path.insert(0, os.path.dirname(HERE))
     if args.worker:  # the environment was set by the parent, before this process loaded Paddle
-        print(json.dumps({"img_per_s": WORKERS[args.worker](args.model, args.batch, args.steps, args.warmup)}))
+        extra = {"recompute": args.recompute} if args.worker == "ours" else {}
+        print(json.dumps({"img_per_s": WORKERS[args.worker](args.model, args.batch, args.steps, args.warmup, **extra)}))
         return
     from deit.cpu.env import configure_cpu_math
     # what run.py does: threads = cores, MKL's AVX2 path on AMD

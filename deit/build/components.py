@@ -42,7 +42,8 @@ def architecture_changes(model_cfg) -> dict:
 def build_model(model_cfg) -> paddle.nn.Layer:
     """The `Model` section's network: a named architecture (with any keys set over it) or the
     generic VisionTransformer."""
-    keys = ("class_num", "drop_rate", "drop_path_rate", "init", "qkv_bias", "epsilon", "attn_drop_rate")  # not the architecture
+    keys = ("class_num", "drop_rate", "drop_path_rate", "init", "qkv_bias", "epsilon", "attn_drop_rate",
+            "recompute")  # not the architecture
     return VisionTransformer(**model_architecture(model_cfg), **{k: model_cfg[k] for k in keys})
 
 

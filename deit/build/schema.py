@@ -116,6 +116,8 @@ SCHEMA = {
         "attn_drop_rate": ("float", 0.0, "[0,1)"),      # PLSC's: dropout on the attention weights
         "distilled": ("bool?", None),                   # ours: DeiT's distillation token and head
                                                         # (null: Model.name's; *_distilled_* have them)
+        "recompute": ("int", 0, ">=0"),                 # ours: every k-th block recomputed in the
+                                                        # backward (1: all, 0: off): activation memory
     },
     "Distillation": {                                   # ours: DeiT's training with a teacher
         "type": (("none", "soft", "hard"), "hard"),     # the official DistillationLoss's
