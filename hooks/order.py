@@ -34,6 +34,7 @@ class Order(IntEnum):
     # writes the same reports as curves; like the metrics log, a reader of the reports
     VISUALDL = 86
     TENSORBOARD = 87
+    WANDB = 88
     # yours: the last place whose state a checkpoint of this step holds
     BEFORE_CHECKPOINT = 89
     # saves after every hook whose state or rows it records

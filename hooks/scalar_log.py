@@ -1,16 +1,17 @@
-"""What the curve loggers (VisualDL, TensorBoard) share: which reports become which curves, only
-rank 0 writing, and a resume that continues the curves without a duplicate point.
+"""What the curve loggers (VisualDL, TensorBoard, Weights & Biases) share: which reports become
+which curves and only rank 0 writing; and for the two that write files of their own, a resume
+that continues the curves without a duplicate point.
 
 At each train report: train/loss, lr, img_per_s, the time shares (train/time_data, ...), mfu,
 tflops_per_device (and train/loss_scale with float16 loss scaling, train/teacher_fraction when
 distilling). At each evaluation: {eval,eval_ema}/top1, top5, loss (and a distilled model's
 top1_cls, top1_dist). The x axis is the optimizer step.
 
-Resume: both formats are files of whole records, appended to. A checkpoint flushes the writer
-and records its file and length; a resume cuts that file back to that length and removes the
-log files the interrupted run opened after it, so the points logged between the checkpoint and
-the interruption (which the resumed run logs again) appear once, as metrics.jsonl's rows do.
-A subclass says how to open, write and close its writer and how its files are named.
+Resume (FileScalarLog): VisualDL's and TensorBoard's formats are files of whole records,
+appended to. A checkpoint flushes the writer and records its file and length; a resume cuts that
+file back to that length and removes the log files the interrupted run opened after it, so the
+points logged between the checkpoint and the interruption (which the resumed run logs again)
+appear once, as metrics.jsonl's rows do.
 """
 import glob
 import os
@@ -25,24 +26,59 @@ EVAL_KEYS = ("top1", "top5", "loss", "top1_cls", "top1_dist")
 
 
 class ScalarLog(Hook):
-    """A writer of curves into `logdir`. Subclasses: `pattern` (their files' glob), `open()`,
-    `scalar(tag, value, step)`, `flush()`, `close()`."""
-    pattern = "*"
+    """A writer of curves. Subclasses: `open(engine)` (returns the writer), `scalar(tag, value,
+    step)`, `close()`."""
 
-    def __init__(self, logdir: str):
-        self.logdir, self.writer, self._before, self._cut = logdir, None, set(), None
+    writer = None
 
-    # ---- a subclass's writer ---------------------------------------------------------------
-    def open(self):
+    def open(self, engine):
         raise NotImplementedError
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         raise NotImplementedError
 
-    def flush(self) -> None:
+    def close(self) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def started(self, engine):
+        if dist.is_main():
+            self.writer = self.open(engine)
+
+    def log_train(self, record) -> None:
+        for key in TRAIN_KEYS:
+            if record.get(key) is not None:
+                self.scalar(f"train/{key}", float(record[key]), record["iteration"])
+
+    def log_eval(self, record) -> None:
+        for key in EVAL_KEYS:
+            if key in record:
+                self.scalar(f"{record['event']}/{key}", float(record[key]), record["iteration"])
+
+    def iter_end(self, engine):
+        record = engine.state.reports.fresh(kinds.TRAIN, with_parts=True)
+        if self.writer is not None and record is not None:
+            self.log_train(record)
+
+    def eval_end(self, engine):
+        state = engine.state
+        if self.writer is not None:
+            self.log_eval(state.reports.latest(state.evaluation.name))
+
+    def ended(self, engine):
+        if self.writer is not None:
+            self.close()
+            self.writer = None
+
+
+class FileScalarLog(ScalarLog):
+    """A ScalarLog writing files named `pattern` into `logdir`, cut back on resume; subclasses
+    also `flush()`."""
+    pattern = "*"
+
+    def __init__(self, logdir: str):
+        self.logdir, self._before, self._cut = logdir, set(), None
+
+    def flush(self) -> None:
         raise NotImplementedError
 
     # ---- files -------------------------------------------------------------------------------
@@ -74,23 +110,7 @@ class ScalarLog(Hook):
         if self._cut is not None:
             self._cut_back(self._cut)
         self._before = self._files()
-        self.writer = self.open()
-
-    def iter_end(self, engine):
-        record = engine.state.reports.fresh(kinds.TRAIN, with_parts=True)
-        if self.writer is None or record is None:
-            return
-        for key in TRAIN_KEYS:
-            if record.get(key) is not None:
-                self.scalar(f"train/{key}", float(record[key]), record["iteration"])
-
-    def eval_end(self, engine):
-        state = engine.state
-        record = state.reports.latest(state.evaluation.name)
-        if self.writer is not None:
-            for key in EVAL_KEYS:
-                if key in record:
-                    self.scalar(f"{record['event']}/{key}", float(record[key]), record["iteration"])
+        self.writer = self.open(engine)
 
     def state_dict(self):
         if self.writer is None:
@@ -101,8 +121,3 @@ class ScalarLog(Hook):
 
     def load_state_dict(self, state):
         self._cut = state if state.get("file") else None
-
-    def ended(self, engine):
-        if self.writer is not None:
-            self.close()
-            self.writer = None

@@ -4,10 +4,10 @@ event files under `{output_dir}/tensorboard` (rank 0), written by tensorboardX.
 from engine.errors import UserError
 
 from .order import Order
-from .scalar_log import ScalarLog
+from .scalar_log import FileScalarLog
 
 
-class TensorBoard(ScalarLog):
+class TensorBoard(FileScalarLog):
     priority = Order.TENSORBOARD
     pattern = "events.out.tfevents.*"
 
@@ -21,7 +21,7 @@ class TensorBoard(ScalarLog):
         super().__init__(logdir)
         self._writer_class = SummaryWriter
 
-    def open(self):
+    def open(self, engine):
         return self._writer_class(logdir=self.logdir, flush_secs=30)
 
     def scalar(self, tag, value, step):

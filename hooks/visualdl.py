@@ -3,10 +3,10 @@ curves hooks/scalar_log.py lists. `visualdl --logdir OUTPUT_DIR/vdl` shows them.
 from engine.errors import UserError
 
 from .order import Order
-from .scalar_log import ScalarLog
+from .scalar_log import FileScalarLog
 
 
-class VisualDL(ScalarLog):
+class VisualDL(FileScalarLog):
     priority = Order.VISUALDL
     pattern = "vdlrecords.*.log"
 
@@ -20,7 +20,7 @@ class VisualDL(ScalarLog):
         super().__init__(logdir)
         self._writer_class = LogWriter
 
-    def open(self):
+    def open(self, engine):
         return self._writer_class(logdir=self.logdir)
 
     def scalar(self, tag, value, step):

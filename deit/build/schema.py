@@ -78,6 +78,7 @@ SCHEMA = {
         "print_batch_step": ("int", 10, ">=1"),
         "use_visualdl": ("bool", False),
         "use_tensorboard": ("bool", False),                # ours: curves for TensorBoard (tensorboardX)
+        "use_wandb": ("bool", False),                      # ours: curves for Weights & Biases (section WandB)
         "seed": ("int", 42, ">=0"),
         "num_threads": ("int", 0, ">=0"),               # ours: CPU threads, 0 = all cores
         "cpu_kernels": (("auto", "on", "off"), "auto"),  # ours: compiled GELU/LayerNorm/softmax (fp32 CPU)
@@ -154,6 +155,12 @@ SCHEMA = {
         "exp_avg_force_fp32": ("bool", False),
         "grad_clip": ("any", 0.0),                      # a global-norm clip (0 = off), or PLSC's
                                                         # {name: ClipGradByGlobalNorm, clip_norm: N}
+    },
+    "WandB": {                                          # ours: Global.use_wandb's run
+        "project": ("str", "deit-paddle"),
+        "name": ("str?", None),                         # null: W&B names the run
+        "entity": ("str?", None),                       # null: your default entity
+        "mode": (("online", "offline", "disabled", None), None),  # null: W&B's own (WANDB_MODE, login)
     },
     "EarlyStopping": {                                  # ours: Ignite's EarlyStopping
         "patience": ("int", 0, ">=0"),                  # evaluations without improvement; 0 = off

@@ -30,6 +30,7 @@ from hooks.train_log import TrainLog
 from hooks.train_meter import TrainMeter
 from hooks.tensorboard import TensorBoard
 from hooks.visualdl import VisualDL
+from hooks.wandb import WandB
 
 from ..cast_on_cpu import cast_like_gpu
 from ..cpu.env import keep_freed_blocks_in_heap
@@ -135,6 +136,10 @@ def build_training(cfg):
         hooks.append(VisualDL(run_dir.file("vdl")))
     if global_cfg["use_tensorboard"]:
         hooks.append(TensorBoard(run_dir.file("tensorboard")))
+    if global_cfg["use_wandb"]:
+        wandb = cfg["WandB"]
+        hooks.append(WandB(run_dir.path, wandb["project"], wandb["name"], wandb["entity"], wandb["mode"], config=cfg,
+                           history=run_dir.file("metrics.jsonl")))
     evaluation = build_evaluation(cfg, precision.autocast, eval_loader) if eval_loader is not None else None
     evaluate = partial(Evaluate, interval=global_cfg["eval_interval"], unit=global_cfg["eval_unit"],
                        batches=evaluation.batches if evaluation else None)

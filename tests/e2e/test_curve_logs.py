@@ -90,3 +90,51 @@ def test_use_tensorboard_without_the_package_is_one_line(tiny_config, monkeypatc
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install tensorboardX" in err
     assert not os.path.exists(os.path.join(os.path.dirname(tiny_config), "out"))
+
+
+# ---- Weights & Biases, offline: never the network ------------------------------------------------
+
+WANDB = ("Global.use_wandb=true", "WandB.mode=offline")
+
+
+def test_wandb_offline_run_reads_back_as_metrics_jsonl(tiny_config, tmp_path):
+    pytest.importorskip("wandb")
+    from tests.wandb_records import offline_runs
+    write_hooks(tmp_path)
+    out = tmp_path / "out"
+    result = run_cli(tiny_config, out, *WANDB, hooks_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_id, curves), = offline_runs(out)
+    assert run_id
+    for tag, points in _from_metrics(metrics_rows(out)).items():
+        assert curves[tag] == points, tag
+
+
+def test_wandb_resume_continues_the_same_run_and_holds_every_point(tiny_config, tmp_path):
+    """Killed by -9, W&B's service loses the points it had not written (here: all of them); the
+    resumed run, the checkpoint's W&B run, logs metrics.jsonl's rows again before it trains on,
+    so it holds the uninterrupted run's curves. Whatever the interrupted run did keep agrees."""
+    pytest.importorskip("wandb")
+    from tests.wandb_records import offline_runs
+    write_hooks(tmp_path)
+    reference, cut = tmp_path / "reference", tmp_path / "cut"
+    common = (*CURVES[:1], *CURVES[3:], *WANDB)
+    assert run_cli(tiny_config, reference, *common, hooks_dir=tmp_path).returncode == 0
+    killed = run_cli(tiny_config, cut, *common, hooks_option("fault_hooks.KillAt: {step: 11}"), hooks_dir=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = run_cli(tiny_config, cut, *common, "Global.checkpoint=auto", hooks_dir=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    (first_id, first), (again_id, again) = offline_runs(cut)
+    (_, uninterrupted), = offline_runs(reference)
+    assert again_id == first_id  # the checkpoint's W&B run
+    expected = _from_metrics([r for r in metrics_rows(reference) if r["event"] != "resume"])
+    for tag, points in expected.items():
+        assert again[tag] == points == uninterrupted[tag], tag
+        assert set(first.get(tag, [])) <= set(again[tag]), tag
+
+
+def test_use_wandb_without_the_package_is_one_line(tiny_config, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    assert run.main(["-c", tiny_config, "-o", "Global.use_wandb=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install wandb" in err
