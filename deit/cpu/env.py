@@ -7,7 +7,10 @@ Two effects (measured in bench/NOTES.md, changes 1 and 2):
 And one for eager training only, set when a CPU training run is built (mallopt acts at any
 time): glibc serves every allocation above 128 KB with a fresh mmap and unmaps it on free, so
 each Paddle CPU op that allocates its output pays page faults over all of it; freed blocks
-under 1 GiB now stay in the heap (faster steps, a few percent more peak RSS). Not at start-up:
+under 1 GiB now stay in the heap (faster steps, a few percent more peak RSS). And glibc gives
+the heap's free top back to the system once it passes 128 KB (M_TRIM_THRESHOLD), so a large
+block freed at the top was faulted in again at its next use: up to 1 GiB of it now stays (the
+demo step 5% faster, bench/NOTES.md). Not at start-up:
 Paddle Inference with oneDNN (--eval, --predict) is slower with it (bench/NOTES.md, "glibc's
 mmap threshold").
 This module imports nothing heavy, so it can run first.
@@ -17,7 +20,8 @@ import os
 import platform
 
 MMAP_THRESHOLD = 1 << 30
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+M_MMAP_THRESHOLD = -3  # mallopt's parameter numbers in glibc's malloc.h
+M_TRIM_THRESHOLD = -1
 
 
 def available_cores() -> int:
@@ -63,12 +67,17 @@ def configure_cpu_math(num_threads: int = 0, environ=None, vendor: str | None = 
 
 
 def keep_freed_blocks_in_heap(nbytes: int = MMAP_THRESHOLD) -> bool:
-    """mallopt(M_MMAP_THRESHOLD) for this process and the workers it forks from now on, unless
-    the user set MALLOC_MMAP_THRESHOLD_. False where glibc's knob is not there or not ours."""
-    if ("MALLOC_MMAP_THRESHOLD_" in os.environ or platform.system() != "Linux"
-            or platform.libc_ver()[0] != "glibc"):
+    """mallopt(M_MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD) for this process and the workers
+    it forks from now on, each unless the user set its MALLOC_..._ variable. False where glibc's
+    knobs are not there or not ours."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        return ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, ctypes.c_int(nbytes)) == 1
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
+    done = False
+    for option, variable in ((M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_"), (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_")):
+        if variable not in os.environ:
+            done = mallopt(option, ctypes.c_int(nbytes)) == 1 or done
+    return done

@@ -55,27 +55,32 @@ class MallInfo2(ctypes.Structure):
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.mallinfo2.restype = MallInfo2
+libc.free.argtypes = [ctypes.c_void_p]
 before = libc.mallinfo2().hblks
 block = libc.malloc(8 << 20)
-print(libc.mallinfo2().hblks - before)
+mmapped = libc.mallinfo2().hblks - before
+libc.free(block)
+print(mmapped, libc.mallinfo2().keepcost >= 8 << 20)  # a new mmap; the freed block kept at the heap's top
 """
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_cpu_training_takes_blocks_from_the_heap_and_only_training(tiny_config):
-    """Paddle's eager CPU ops allocate their outputs per call: an 8 MB block from a fresh mmap
-    would be page-faulted in at every step. Start-up (what --eval and --predict run on) keeps
-    glibc's default: Paddle Inference with oneDNN is faster with it. A user's
-    MALLOC_MMAP_THRESHOLD_ is theirs."""
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    """Paddle's eager CPU ops allocate their outputs per call: an 8 MB block from a fresh mmap,
+    or one given back to the system when freed at the heap's top, would be page-faulted in at
+    every step. Start-up (what --eval and --predict run on) keeps glibc's default: Paddle
+    Inference with oneDNN is faster with it. A user's MALLOC_MMAP_THRESHOLD_ and
+    MALLOC_TRIM_THRESHOLD_ are theirs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
 
     def new_mmaps(*args, extra_env=None):
         return subprocess.run([sys.executable, "-c", MMAP_PROBE.format(root=ROOT), *args],
                               env={**env, **(extra_env or {})}, capture_output=True, text=True,
                               check=True).stdout.strip().splitlines()[-1]
-    assert new_mmaps("train", tiny_config) == "0"
-    assert new_mmaps("startup") == "1"
-    assert new_mmaps("train", tiny_config, extra_env={"MALLOC_MMAP_THRESHOLD_": "131072"}) == "1"
+    assert new_mmaps("train", tiny_config) == "0 True"
+    assert new_mmaps("startup") == "1 False"
+    assert new_mmaps("train", tiny_config, extra_env={"MALLOC_MMAP_THRESHOLD_": "131072"}) == "1 False"
+    assert new_mmaps("train", tiny_config, extra_env={"MALLOC_TRIM_THRESHOLD_": "131072"}) == "0 False"
 
 
 def test_cpu_tuning_is_for_cpu_runs_only(monkeypatch, tmp_path):
