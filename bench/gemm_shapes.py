@@ -1,7 +1,8 @@
-"""Every GEMM of a DeiT-Ti/16 training step (batch 32, 224 px), timed alone in Paddle and in
-torch: where a step's matrix time goes on this CPU, shape by shape.
+"""Every GEMM of a training step, timed alone in Paddle and in torch: where a step's matrix time
+goes on this CPU, shape by shape. --model tiny: DeiT-Ti/16 at 224 px, batch 32; demo:
+configs/demo.yaml's ViT (dim 64, depth 4, 65 tokens), batch 64.
 
-    python bench/gemm_shapes.py [--torch-python /opt/refvenv/bin/python] [--batch 32]
+    python bench/gemm_shapes.py [--model tiny|demo] [--torch-python /opt/refvenv/bin/python] [--batch N]
 
 Each framework runs in its own process with the threads run.py sets. The table gives each
 shape's GFLOP/s in both, and the milliseconds per training step it costs in each (rate x how
@@ -17,6 +18,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# name: (tokens, dim, heads, depth, default batch)
+MODELS = {"tiny": (197, 192, 3, 12, 32), "demo": (65, 64, 2, 4, 64)}
 
 
 def gemms(batch: int, tokens: int = 197, dim: int = 192, heads: int = 3, depth: int = 12):
@@ -35,7 +38,7 @@ def gemms(batch: int, tokens: int = 197, dim: int = 192, heads: int = 3, depth: 
     return out
 
 
-def worker(framework: str, batch: int) -> list:
+def worker(framework: str, batch: int, model: str) -> list:
     if framework == "paddle":
         sys.path.insert(0, os.path.dirname(HERE))
         from deit.cpu.env import keep_freed_blocks_in_heap
@@ -51,7 +54,8 @@ def worker(framework: str, batch: int) -> list:
     while time.perf_counter() - start < 0.5:  # threads up, heap grown: the first shape is not penalized
         matmul(warm, warm)
     rates = []
-    for _, count, m, k, n, _ in gemms(batch):
+    tokens, dim, heads, depth, _ = MODELS[model]
+    for _, count, m, k, n, _ in gemms(batch, tokens, dim, heads, depth):
         lead = [count] if count > 1 else []
         a, b = randn(lead + [m, k]), randn(lead + [k, n])
         for _ in range(3):
@@ -66,12 +70,15 @@ def worker(framework: str, batch: int) -> list:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    p.add_argument("--batch", type=int, default=0)
     p.add_argument("--torch-python", default=None)
     p.add_argument("--worker", choices=["paddle", "torch"])
     args = p.parse_args()
+    tokens, dim, heads, depth, default_batch = MODELS[args.model]
+    args.batch = args.batch or default_batch
     if args.worker:
-        print(json.dumps(worker(args.worker, args.batch)))
+        print(json.dumps(worker(args.worker, args.batch, args.model)))
         return
     sys.path.insert(0, os.path.dirname(HERE))
     from deit.cpu.env import configure_cpu_math
@@ -81,17 +88,19 @@ def main():
         if python is None:
             continue
         env = os.environ if framework == "paddle" else {k: v for k, v in os.environ.items() if k not in ours_only}
-        result = subprocess.run([python, __file__, "--worker", framework, "--batch", str(args.batch)],
+        result = subprocess.run([python, __file__, "--worker", framework, "--batch", str(args.batch),
+                                 "--model", args.model],
                                 capture_output=True, text=True, env=env)
         lines = [l for l in result.stdout.splitlines() if l.startswith("[")]
         if not lines:
             sys.exit(f"{framework} worker failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
         rates[framework] = json.loads(lines[-1])
-    print(f"DeiT-Ti/16 training GEMMs, batch {args.batch}, fp32, threads {os.environ['OMP_NUM_THREADS']}")
+    what = "DeiT-Ti/16" if args.model == "tiny" else "demo ViT"
+    print(f"{what} training GEMMs, batch {args.batch}, fp32, threads {os.environ['OMP_NUM_THREADS']}")
     print(f"{'GEMM':<26}{'batch x m x k x n':>22}{'/step':>6}{'Paddle GF/s':>13}{'torch GF/s':>12}"
           f"{'Paddle ms':>11}{'torch ms':>10}")
     totals = {name: 0.0 for name in rates}
-    for i, (what, count, m, k, n, per_step) in enumerate(gemms(args.batch)):
+    for i, (what, count, m, k, n, per_step) in enumerate(gemms(args.batch, tokens, dim, heads, depth)):
         flops = 2 * count * m * k * n * per_step
         ms = {name: flops / r[i] * 1e3 for name, r in rates.items()}
         for name in rates:
