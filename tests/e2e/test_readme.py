@@ -90,3 +90,25 @@ def test_the_distillation_commands_run_as_written(tiny_dataset, tmp_path):
     assert run.main(args) == 0
     rows = [json.loads(line) for line in open(tmp_path / "distilled" / "metrics.jsonl")]
     assert any("top1_dist" in r for r in rows) and any(r.get("teacher_fraction") for r in rows)
+
+
+def test_the_curves_early_stopping_onnx_and_memory_commands_run_as_written(tiny_dataset, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Each training command in a directory of its own; --export and --predict use the last one."""
+    for module in ("tensorboardX", "wandb", "paddle2onnx", "onnxruntime"):
+        __import__("pytest").importorskip(module)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    commands = _run_commands(_section("Curves, early stopping, ONNX and memory"))
+    assert len(commands) == 5
+    config = out = None
+    for n, args in enumerate(commands):
+        if "--export" not in args and "--predict" not in args:
+            (tmp_path / f"run{n}").mkdir()
+            config = write_tiny_config(tmp_path / f"run{n}", tiny_dataset)
+            out = str(tmp_path / f"run{n}" / "out")  # the tiny config's output_dir
+        capsys.readouterr()
+        assert run.main(_substituted(args, config, out, tiny_dataset)) == 0, args
+        if "--predict" in args:
+            assert "onnxruntime" in capsys.readouterr().out and os.path.isfile(os.path.join(out, "inference.onnx"))
+    assert os.listdir(str(tmp_path / "run0" / "out" / "tensorboard"))
+    assert os.listdir(str(tmp_path / "run0" / "out" / "wandb"))
