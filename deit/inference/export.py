@@ -50,14 +50,25 @@ def native_stderr_without(noise=PADDLE_NOISE):
 def export_inference(model, input_shape, path_prefix: str) -> str:
     """Trace `model` in eval mode for inputs of `input_shape` ([None, 3, H, W]: None is a free
     batch size) and write `{path_prefix}.json` + `.pdiparams` for paddle.jit.load / Paddle
-    Inference. Returns the prefix."""
+    Inference. Returns the prefix.
+
+    `paddle.jit.to_static(layer)` puts a static function in place of the layer's `forward`;
+    it is taken away again, so the layer stays eager (a training model exported for an
+    evaluation otherwise trained on as a static program: 3.5x slower steps on CPU)."""
     model.eval()
     shape = [None if d in (None, -1, "None") else int(d) for d in input_shape]
     spec = paddle.static.InputSpec(shape=shape, dtype="float32", name="x")
     os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
-    with native_stderr_without():
-        static = paddle.jit.to_static(model, input_spec=[spec], full_graph=True)
-        paddle.jit.save(static, path_prefix)
+    own_forward = model.__dict__.get("forward")
+    try:
+        with native_stderr_without():
+            static = paddle.jit.to_static(model, input_spec=[spec], full_graph=True)
+            paddle.jit.save(static, path_prefix)
+    finally:
+        if own_forward is None:
+            model.__dict__.pop("forward", None)
+        else:
+            model.forward = own_forward
     return path_prefix
 
 
