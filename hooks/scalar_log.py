@@ -14,15 +14,26 @@ points logged between the checkpoint and the interruption (which the resumed run
 appear once, as metrics.jsonl's rows do.
 """
 import glob
+import importlib
 import os
 
 from engine import Hook, dist
+from engine.errors import UserError
 
 from . import kinds
 
 TRAIN_KEYS = ("loss", "lr", "img_per_s", "loss_scale", "mfu", "tflops_per_device", "teacher_fraction",
               "time_data", "time_step", "time_hooks", "time_evaluation", "time_checkpoint", "time_other")
 EVAL_KEYS = ("top1", "top5", "loss", "top1_cls", "top1_dist")
+
+
+def import_writer(module: str, name: str, key: str, package: str, extra: str):
+    """`module.name`, the writer a curve logger needs, or one line naming what to install."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise UserError(f"{key} is true but {module} cannot be imported ({exc}): pip install {package} (or this "
+                        f"package's [{extra}] extra), or set {key}: False") from None
 
 
 class ScalarLog(Hook):
@@ -71,15 +82,18 @@ class ScalarLog(Hook):
 
 
 class FileScalarLog(ScalarLog):
-    """A ScalarLog writing files named `pattern` into `logdir`, cut back on resume; subclasses
-    also `flush()`."""
+    """A ScalarLog writing files named `pattern` into `logdir`, cut back on resume, through a
+    writer with `flush()` and `close()` (VisualDL's LogWriter, tensorboardX's SummaryWriter)."""
     pattern = "*"
 
     def __init__(self, logdir: str):
         self.logdir, self._before, self._cut = logdir, set(), None
 
     def flush(self) -> None:
-        raise NotImplementedError
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
     # ---- files -------------------------------------------------------------------------------
     def _files(self):

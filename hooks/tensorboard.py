@@ -1,10 +1,8 @@
 """TensorBoard curves, `Global.use_tensorboard` (ours): the curves hooks/scalar_log.py lists, as
 event files under `{output_dir}/tensorboard` (rank 0), written by tensorboardX.
 `tensorboard --logdir OUTPUT_DIR/tensorboard` shows them."""
-from engine.errors import UserError
-
 from .order import Order
-from .scalar_log import FileScalarLog
+from .scalar_log import FileScalarLog, import_writer
 
 
 class TensorBoard(FileScalarLog):
@@ -12,23 +10,12 @@ class TensorBoard(FileScalarLog):
     pattern = "events.out.tfevents.*"
 
     def __init__(self, logdir: str):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError as exc:
-            raise UserError(f"Global.use_tensorboard is true but tensorboardX cannot be imported ({exc}): "
-                            f"pip install tensorboardX (or this package's [tensorboard] extra), or set "
-                            f"Global.use_tensorboard: False") from None
         super().__init__(logdir)
-        self._writer_class = SummaryWriter
+        self._writer_class = import_writer("tensorboardX", "SummaryWriter", "Global.use_tensorboard", "tensorboardX",
+                                           "tensorboard")
 
     def open(self, engine):
         return self._writer_class(logdir=self.logdir, flush_secs=30)
 
     def scalar(self, tag, value, step):
         self.writer.add_scalar(tag, value, global_step=step)
-
-    def flush(self):
-        self.writer.flush()
-
-    def close(self):
-        self.writer.close()

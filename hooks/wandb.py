@@ -12,28 +12,22 @@ network.
 """
 import json
 
-from engine.errors import UserError
-
 from . import kinds
 from .order import Order
-from .scalar_log import ScalarLog
+from .scalar_log import ScalarLog, import_writer
 
 
 class WandB(ScalarLog):
     priority = Order.WANDB
 
     def __init__(self, folder: str, project: str, name=None, entity=None, mode=None, config=None, history=None):
-        try:
-            import wandb
-        except ImportError as exc:
-            raise UserError(f"Global.use_wandb is true but wandb cannot be imported ({exc}): pip install wandb "
-                            f"(or this package's [wandb] extra), or set Global.use_wandb: False") from None
-        self._wandb, self.folder, self.config = wandb, folder, config
+        self._init = import_writer("wandb", "init", "Global.use_wandb", "wandb", "wandb")
+        self.folder, self.config = folder, config
         self.project, self.name, self.entity, self.mode = project, name, entity, mode
         self.run_id, self.history, self._resumed = None, history, False
 
     def open(self, engine):
-        run = self._wandb.init(project=self.project, name=self.name, entity=self.entity, mode=self.mode,
+        run = self._init(project=self.project, name=self.name, entity=self.entity, mode=self.mode,
                                id=self.run_id, resume="allow", dir=self.folder, config=self.config)
         self.run_id = run.id  # W&B's own, the first time; the checkpoint's after a resume
         return run
