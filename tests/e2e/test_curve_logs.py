@@ -138,3 +138,24 @@ def test_use_wandb_without_the_package_is_one_line(tiny_config, monkeypatch, cap
     assert run.main(["-c", tiny_config, "-o", "Global.use_wandb=true"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install wandb" in err
+
+
+def test_a_checkpoint_records_a_length_holding_its_own_steps_points(tmp_path):
+    """The length a checkpoint records is where a resume cuts the file: every point logged
+    before it must lie inside (tensorboardX's SummaryWriter queued them for a thread, and its
+    flush did not wait for it: the cut lost the checkpoint step's points under load)."""
+    pytest.importorskip("tensorboardX")
+    import shutil
+    from engine import Engine
+    from hooks.tensorboard import TensorBoard
+    hook = TensorBoard(str(tmp_path / "tb"))
+    hook.started(Engine(lambda e, b: None, [0]))
+    for step in range(1, 51):
+        hook.scalar("train/loss", float(step), step)
+    cut = hook.state_dict()
+    (tmp_path / "cut").mkdir()
+    shutil.copy(tmp_path / "tb" / cut["file"], tmp_path / "cut" / cut["file"])
+    with open(tmp_path / "cut" / cut["file"], "r+b") as f:
+        f.truncate(cut["bytes"])
+    assert [step for step, _ in _tensorboard_curves(str(tmp_path / "cut"))["train/loss"]] == list(range(1, 51))
+    hook.ended(None)
