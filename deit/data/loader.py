@@ -132,12 +132,18 @@ class Loader:
 
     def shutdown(self) -> None:
         """Stop persistent worker processes now (after a failure they would keep the process
-        alive at exit). Uses Paddle's iterator shutdown, the one its own __del__ calls."""
+        alive at exit). Uses Paddle's iterator shutdown, the one its own __del__ calls. It does
+        not raise: with a worker already dead (the out-of-memory killer), Paddle's SIGCHLD
+        handler raises again while the others are joined, and at exit that printed a traceback
+        under the one line the run's error had already said."""
         iterator = getattr(self._loader, "_iterator", None)
         self._loader._iterator, self._stream_iter, self._stream_next = None, None, None
         if iterator is not None and hasattr(iterator, "_try_shutdown_all"):
             workers = list(getattr(iterator, "_workers", []))
-            iterator._try_shutdown_all(1)
+            try:
+                iterator._try_shutdown_all(1)
+            except Exception:  # noqa: BLE001 - a dead worker, reported where it was found; the rest are killed below
+                pass
             for worker in workers:  # one that did not take the stop message in a second
                 if worker.is_alive():
                     worker.kill()

@@ -126,3 +126,32 @@ def test_eval_loaders_are_not_streamed(monkeypatch):
     loader = Loader(_Keys(), ShardedEvalSampler(40, 8), num_workers=0)
     assert [len(b[0]) for b in loader] == [8] * 5 == [len(b[0]) for b in loader]
     assert loader._loader.batch_sampler is loader.batch_sampler
+
+
+def test_shutdown_does_not_raise_for_a_worker_already_dead():
+    """Paddle's SIGCHLD handler raises SystemError inside the join of the other workers when one
+    was killed; shutdown runs on error paths and at exit, where that must not become a traceback.
+    The workers it could not stop in order are killed."""
+    class Worker:
+        killed = False
+
+        def is_alive(self):
+            return not self.killed
+
+        def kill(self):
+            self.killed = True
+
+        def join(self, timeout):
+            pass
+
+    class DyingIterator:
+        _workers = [Worker(), Worker()]
+
+        def _try_shutdown_all(self, timeout):
+            raise SystemError("(Fatal) DataLoader process (pid 1) exited is killed by signal: Killed.")
+
+    loader = Loader(_Keys(), ResumableBatchSampler(40, 4, seed=2), num_workers=0)
+    loader._loader._iterator = DyingIterator()
+    loader.shutdown()
+    assert all(w.killed for w in DyingIterator._workers) and loader._loader._iterator is None
+    loader.shutdown()  # again, as atexit does: nothing left to stop
