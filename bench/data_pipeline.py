@@ -30,7 +30,7 @@ DEIT_TRAIN_OPS = [
     {"RandCropImage": {"size": 224, "interpolation": "bicubic"}},
     {"RandFlipImage": {"flip_code": 1}},
     {"TimmAutoAugment": {"config_str": "rand-m9-mstd0.5-inc1", "interpolation": "bicubic", "img_size": 224}},
-    {"NormalizeImage": {"scale": "1.0/255.0", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}},
+    {"NormalizeImage": {"scale": 1.0 / 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}},
     {"RandomErasing": {"EPSILON": 0.25, "mode": "pixel"}},
     {"ToCHWImage": {}},
 ]
