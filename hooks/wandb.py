@@ -11,6 +11,7 @@ steps after the checkpoint are trained and logged again with the same values, re
 network.
 """
 import json
+import os
 
 from . import kinds
 from .order import Order
@@ -28,7 +29,7 @@ class WandB(ScalarLog):
 
     def open(self, engine):
         run = self._init(project=self.project, name=self.name, entity=self.entity, mode=self.mode,
-                               id=self.run_id, resume="allow", dir=self.folder, config=self.config)
+                         id=self.run_id, resume="allow", dir=self.folder, config=self.config)
         self.run_id = run.id  # W&B's own, the first time; the checkpoint's after a resume
         return run
 
@@ -38,10 +39,19 @@ class WandB(ScalarLog):
             self._replay(self.history)
 
     def _replay(self, path: str) -> None:
-        """metrics.jsonl's train and eval rows, logged as they were at their steps."""
-        with open(path, encoding="utf-8") as f:
+        """metrics.jsonl's train and eval rows, logged as they were at their steps. A run resumed
+        into another directory has none yet; a line that is not JSON is passed over (the curves
+        are a view; metrics.jsonl itself says what it holds)."""
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
-                row = json.loads(line)
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(row, dict):
+                    continue
                 if row.get("event") == kinds.TRAIN:
                     self.log_train(row)
                 elif row.get("event") in (kinds.EVAL, kinds.EVAL_EMA):

@@ -159,3 +159,19 @@ def test_a_checkpoint_records_a_length_holding_its_own_steps_points(tmp_path):
         f.truncate(cut["bytes"])
     assert [step for step, _ in _tensorboard_curves(str(tmp_path / "cut"))["train/loss"]] == list(range(1, 51))
     hook.ended(None)
+
+
+def test_wandb_replay_passes_over_a_missing_or_damaged_history(tmp_path):
+    """A checkpoint resumed into another directory has no metrics.jsonl there yet; a damaged line
+    must not stop a resumed run at its start."""
+    from hooks.wandb import WandB
+    logged = []
+    hook = WandB.__new__(WandB)  # the replay alone: no W&B run needed
+    hook.scalar = lambda tag, value, step: logged.append((tag, step, value))
+    hook._replay(str(tmp_path / "missing.jsonl"))
+    history = tmp_path / "metrics.jsonl"
+    history.write_text('{"event": "train", "iteration": 2, "loss": 1.5, "lr": 0.1}\nnot json\n[1, 2]\n'
+                       '{"event": "eval", "iteration": 2, "top1": 0.5, "top5": 0.9, "loss": 1.2}\n')
+    hook._replay(str(history))
+    assert logged == [("train/loss", 2, 1.5), ("train/lr", 2, 0.1), ("eval/top1", 2, 0.5), ("eval/top5", 2, 0.9),
+                      ("eval/loss", 2, 1.2)]
