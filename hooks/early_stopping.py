@@ -33,11 +33,20 @@ class EarlyStopping(Hook):
             return True
         return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
 
-    def started(self, engine):  # a finished run that is run again trains no further step
-        if self.stopped:
+    def started(self, engine):
+        """A run it ended, run again, trains no further step; with EarlyStopping.patience raised
+        above the count since, it trains on."""
+        if not self.stopped:
+            return
+        if self.counter < self.patience:
+            self.stopped = False
             if dist.is_main():
-                print(f"early stopping ended this run at epoch {engine.state.epoch} ({self._why()})")
-            engine.terminate()
+                print(f"early stopping: patience {self.patience} is above the {self.counter} evaluations without "
+                      f"improvement that ended the run: it trains on")
+            return
+        if dist.is_main():
+            print(f"early stopping ended this run at epoch {engine.state.epoch} ({self._why()})")
+        engine.terminate()
 
     def eval_end(self, engine):
         state = engine.state

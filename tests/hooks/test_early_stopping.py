@@ -45,6 +45,19 @@ def test_stops_as_ignites_rule_says(values, patience, min_delta, mode, stops_at)
     assert _feed(EarlyStopping(patience, min_delta, "top1", mode), values) == stops_at
 
 
+@pytest.mark.parametrize("patience, trains_on", [(2, False), (3, True)])
+def test_a_stopped_run_stays_stopped_unless_patience_was_raised(patience, trains_on):
+    before = EarlyStopping(2)
+    assert _feed(before, [0.5, 0.4, 0.4]) == 3
+    again = EarlyStopping(patience)
+    again.load_state_dict(before.state_dict())
+    engine = Engine(lambda e, b: None, [0])
+    again.started(engine)
+    assert engine.state.should_stop is not trains_on and again.stopped is not trains_on
+    if trains_on:  # and the count goes on from where it was
+        assert _feed(again, [0.3]) == 1
+
+
 def test_watches_only_its_evaluation():
     """eval_ema's evaluations do not count for a hook watching eval."""
     assert _feed(EarlyStopping(1), [0.5, 0.4, 0.3], event=kinds.EVAL_EMA) is None
