@@ -134,7 +134,8 @@ def main():
     print(f"speed targets (issues 15, 25), threads {os.environ.get('OMP_NUM_THREADS', '?')}"
           f"{' (quick: 1 repeat)' if args.quick else ''}")
     print(f"CPU: {facts['cpu']}; {facts['vector units']}; caches per core {facts['caches']}")
-    print(f"fp32 GEMM peak (Paddle, 2048^3, this run): {peak}")
+    from deit.peak import GEMM_SIZE
+    print(f"fp32 GEMM peak (Paddle, {GEMM_SIZE}^3 with its host copy, as the MFU uses it; this run): {peak}")
     for what, ours, timm in fractions:
         print(f"{what} step's achieved FLOP/s, as a fraction of that peak: ours {ours * 100:.1f}%, "
               f"timm {timm * 100:.1f}%" if timm else f"{what}: ours {ours * 100:.1f}% of the peak")
