@@ -119,9 +119,14 @@ class ResumableBatchSampler:
     def batch_keys(self, b: int) -> list:
         """This rank's dataset keys in batch `b`: (index, epoch), or (index, epoch, copy) for a
         repeated copy."""
-        if self._plan is not None:
-            return _keys(self._plan["chunks"][b - self._plan["base"]][self.rank::self.world_size], self.epoch)
-        return _keys(self._rank_rows()[b * self.batch_size:(b + 1) * self.batch_size], self.epoch)
+        return self._keys_of(self.epoch, self._plan, None if self._plan is not None else self._rank_rows(), b)
+
+    def _keys_of(self, epoch: int, plan, rows, b: int) -> list:
+        """Batch `b` of an epoch: this rank's share of the plan's chunk, or its slice of `rows`
+        (this rank's rows of a plain epoch)."""
+        if plan is not None:
+            return _keys(plan["chunks"][b - plan["base"]][self.rank::self.world_size], epoch)
+        return _keys(rows[b * self.batch_size:(b + 1) * self.batch_size], epoch)
 
     # ---- iteration --------------------------------------------------------------------------
     def indices(self) -> np.ndarray:
@@ -146,19 +151,14 @@ class ResumableBatchSampler:
         epoch by epoch, as one sequence a loader can prefetch across epoch boundaries. It reads
         the sampler's state once, when it starts, so the epoch the trainer is in (what
         `position` and `progress` answer for) never moves ahead with the prefetch."""
-        epoch, plan = self.epoch, self._plan
-        first = range(self.start_batch, len(self))
-        if plan is not None:  # the rest of an epoch begun by another world size
-            yield from (_keys(plan["chunks"][b - plan["base"]][self.rank::self.world_size], epoch) for b in first)
-        else:
-            rows = self._rank_rows(epoch)
-            yield from (_keys(rows[b * self.batch_size:(b + 1) * self.batch_size], epoch) for b in first)
+        epoch, plan = self.epoch, self._plan  # a plan: the rest of an epoch begun by another world size
+        rows = None if plan is not None else self._rank_rows(epoch)
+        yield from (self._keys_of(epoch, plan, rows, b) for b in range(self.start_batch, len(self)))
         steps = self.steps_per_epoch(self.world_size)
         while last_epoch is None or epoch < last_epoch:
             epoch += 1
             rows = self._rank_rows(epoch)
-            for b in range(steps):
-                yield _keys(rows[b * self.batch_size:(b + 1) * self.batch_size], epoch)
+            yield from (self._keys_of(epoch, None, rows, b) for b in range(steps))
 
 
 def _keys(rows, epoch: int) -> list:
