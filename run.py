@@ -297,16 +297,16 @@ def _export(cfg) -> int:
     from deit.build.runtime import setup_runtime
     from deit.build.weights import load_pretrained
     from deit.errors import SetupError, paddle_message
-    from deit.inference.export import ONNX_EXTRA, export_inference, export_onnx
+    from deit.inference.export import export_inference, export_onnx, import_paddle2onnx
     weights, export_cfg = cfg["Global"]["pretrained_model"], cfg["Export"]
     if not weights:
         raise SetupError("--export needs weights: set -o Global.pretrained_model=PATH_PREFIX")
     onnx = export_cfg["export_type"] == "onnx"
     if onnx:  # refused before any file is written
         try:
-            import paddle2onnx  # noqa: F401
+            import_paddle2onnx()
         except ImportError as exc:
-            raise SetupError(f"Export.export_type onnx needs paddle2onnx ({exc}): {ONNX_EXTRA}") from None
+            raise SetupError(str(exc)) from None
     setup_runtime(cfg)
     model = build_model(cfg["Model"])
     load_pretrained(model, weights)

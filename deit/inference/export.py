@@ -75,6 +75,15 @@ def export_inference(model, input_shape, path_prefix: str) -> str:
 ONNX_EXTRA = 'pip install paddle2onnx onnxruntime (this package\'s [onnx] extra)'
 
 
+def import_paddle2onnx():
+    """paddle2onnx, or an ImportError saying what to install."""
+    try:
+        import paddle2onnx
+    except ImportError as exc:
+        raise ImportError(f"Export.export_type onnx needs paddle2onnx ({exc}): {ONNX_EXTRA}") from None
+    return paddle2onnx
+
+
 def export_onnx(paddle_prefix: str, onnx_path: str, opset: int) -> str:
     """Convert the exported Paddle model at `paddle_prefix` (.json + .pdiparams) to `onnx_path`
     with paddle2onnx, the converter PaddleClas documents; the batch dimension stays free. The
@@ -83,10 +92,7 @@ def export_onnx(paddle_prefix: str, onnx_path: str, opset: int) -> str:
     paddle2onnx's default optimizer (polygraphy) installs onnx_graphsurgeon with pip at run time
     when it is missing; onnxoptimizer, one of paddle2onnx's own dependencies, installs nothing
     (onnxruntime optimizes the graph again when it loads it)."""
-    try:
-        import paddle2onnx
-    except ImportError as exc:
-        raise ImportError(f"Export.export_type onnx needs paddle2onnx ({exc}): {ONNX_EXTRA}") from None
+    paddle2onnx = import_paddle2onnx()
     partial = f"{onnx_path}.{os.getpid()}.tmp"
     try:
         # its progress lines (and a note that onnxoptimizer skipped a pass it does not know) are
