@@ -49,16 +49,22 @@ class DynamicLossScaler:
     the host too. Counters follow Paddle: `decr_every_n_nan_or_inf` consecutive bad steps
     shrink the scale, `incr_every_n_steps` consecutive good ones grow it.
 
+    Under stage-2 sharding (deit/sharding.py) each rank holds only its own parameters'
+    gradients: `any_rank=True` ors the flag over the ranks (one all-reduce of one number), so
+    every rank skips the same steps and keeps the same scale, as under data parallel, where
+    every rank sees every gradient.
+
     Gradients come in several dtypes (float16 O2 keeps LayerNorm in fp32), and Paddle's fused
     kernels take one dtype per call, so they are unscaled in one call per dtype and the found-inf
     flags are or-ed, as Paddle's GradScaler and PLSC's do.
     """
 
     def __init__(self, init_loss_scaling=65536.0, incr_ratio=2.0, decr_ratio=0.5,
-                 incr_every_n_steps=2000, decr_every_n_nan_or_inf=1, use_dynamic_loss_scaling=True):
+                 incr_every_n_steps=2000, decr_every_n_nan_or_inf=1, use_dynamic_loss_scaling=True,
+                 any_rank=False):
         self.incr_ratio, self.decr_ratio = float(incr_ratio), float(decr_ratio)
         self.incr_every, self.decr_every = int(incr_every_n_steps), int(decr_every_n_nan_or_inf)
-        self.dynamic = use_dynamic_loss_scaling
+        self.dynamic, self.any_rank = use_dynamic_loss_scaling, any_rank
         self._scale = paddle.to_tensor([float(init_loss_scaling)], dtype="float32")
         self._good = paddle.zeros([1], dtype="int32")
         self._bad = paddle.zeros([1], dtype="int32")
@@ -86,6 +92,10 @@ class DynamicLossScaler:
 
     def step(self, optimizer) -> None:
         found = self.unscale([p.grad for p in optimizer._parameter_list if p.grad is not None])
+        if self.any_rank:  # an int: NCCL has no all-reduce for bool
+            flag = found.astype("int32")
+            paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MAX)
+            found = flag.astype("bool")
         optimizer._set_auxiliary_var("found_inf", found)   # the optimizer skips the update if set
         optimizer.step()
         self._skipped.add_(found.astype("int64").reshape([1]))

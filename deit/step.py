@@ -3,6 +3,8 @@ import contextlib
 
 import paddle
 
+from .sharding import clear_grads
+
 
 def micro_batch_sizes(n: int, k: int) -> list:
     """Split n samples into k near-equal parts (equal when k divides n, as the config requires;
@@ -48,7 +50,7 @@ def make_train_step(model, loss_fn, optimizer, precision, accum_steps: int = 1):
         if after_backward is not None:
             after_backward()
         precision.step(optimizer)
-        optimizer.clear_grad(set_to_zero=False)
+        clear_grads(optimizer)
         return {"loss": total, "batch_size": n}
 
     return step

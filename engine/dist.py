@@ -124,6 +124,48 @@ def gather_objects(obj) -> list:
     return gathered
 
 
+def gather_shards(shard: dict):
+    """Each rank's share of one dict (disjoint keys; tensors, arrays or plain data as values, one
+    level of nested dicts) merged on rank 0, as numpy arrays and plain data; None elsewhere.
+
+    Tensors of more than one element travel one at a time, by broadcast from the rank that has
+    them, so no rank holds more than its own share and one tensor more (a gather of objects
+    would give every GPU every share at once). The rest travels with the list of keys, among
+    it Adam's one-element beta powers, which Paddle keeps on the host even on a GPU, where NCCL
+    could not broadcast them."""
+    flat = _flatten(shard)
+    large = {path: v for path, v in flat.items() if isinstance(v, paddle.Tensor) and v.size > 1}
+    small = {path: v.numpy() if isinstance(v, paddle.Tensor) else v for path, v in flat.items() if path not in large}
+    listings = gather_objects({"small": small,
+                               "large": {path: (list(v.shape), str(v.dtype).split(".")[-1]) for path, v in large.items()}})
+    merged = {}
+    for source, listing in enumerate(listings):
+        merged.update(listing["small"])
+        for path, (shape, dtype) in sorted(listing["large"].items()):
+            tensor = large[path] if source == rank() else paddle.empty(shape, dtype=dtype)
+            if world_size() > 1:
+                dist.broadcast(tensor, src=source)
+            if is_main():
+                merged[path] = tensor.numpy()
+    return _unflatten(merged) if is_main() else None
+
+
+def _flatten(state: dict) -> dict:
+    """{key: value} and {key: {sub: value}} as {(key,): value} and {(key, sub): value}."""
+    return {path: value for k, v in state.items()
+            for path, value in ([((k, kk), vv) for kk, vv in v.items()] if isinstance(v, dict) else [((k,), v)])}
+
+
+def _unflatten(flat: dict) -> dict:
+    state = {}
+    for path, value in flat.items():
+        if len(path) == 1:
+            state[path[0]] = value
+        else:
+            state.setdefault(path[0], {})[path[1]] = value
+    return state
+
+
 def is_peer_failure(exc: BaseException) -> bool:
     """A collective that failed because another process of the launch died or hung (gloo and
     NCCL raise RuntimeError with these words; a hang ends at PADDLE_PG_TIMEOUT, 30 min)."""

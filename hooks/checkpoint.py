@@ -63,15 +63,17 @@ class Checkpoint(Hook):
 
     def save(self, engine, name: str) -> str:
         """Rank 0 writes; every rank counts, and all are here (a scheduled save, or a stop the ranks
-        voted for), so each rank's random generators are gathered into the checkpoint."""
+        voted for), so each rank's random generators, and under sharding its share of the
+        optimizer's state, are gathered into the checkpoint."""
         name += ".pdckpt"
         world_size = self.contents.world_size
         rng_ranks = dist.gather_objects(rng_state()) if world_size > 1 else None
+        optimizer_state = self.contents.optimizer_state()  # sharded: gathered from every rank
         if name in self.saved:
             self.saved.remove(name)
         self.saved.append(name)  # before saving, so the checkpoint knows itself on resume
         if self.run_dir.is_main:
-            self._write(self.contents.capture(engine, rng_ranks), name)
+            self._write(self.contents.capture(engine, rng_ranks, optimizer_state), name)
             self.run_dir.set_latest(name)
         while self.keep is not None and len(self.saved) > self.keep:
             old = self.saved.pop(0)

@@ -4,7 +4,8 @@
     engine      the loop's position (epoch, iteration, epoch_iter, epoch_ended) and every
                 stateful hook's state, keyed by state_key()
     model       the model's state_dict
-    optimizer   its state keyed by structured parameter names (see below)
+    optimizer   its state keyed by structured parameter names (see below); whole under
+                sharding too (each rank's share gathered), so it resumes under any launch
     rng         python, numpy and paddle generator states, as plain numbers (rank 0's)
     rng_ranks   every rank's, indexed by rank (scheduled saves of a launch; optional)
     epochs_done the epochs trained when it was written, counted in samples (optional)
@@ -17,11 +18,12 @@ through the restricted unpickler and `paddle.load` alike.
 """
 import random
 import re
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import paddle
 
+from engine import dist
 from engine.errors import CheckpointError
 from engine.serialization import load_restricted, non_float_arrays
 
@@ -34,23 +36,35 @@ class CheckpointContents:
     run's resolved `config`, `facts` a resume must find unchanged (e.g. the number of training
     images), the launch's `world_size`; `shape_problems(found, expected)` describes how two
     state_dicts' names and shapes differ; `weights()` is what .pdparams files hold (the model's
-    state_dict unless told: the fp32 masters under O2)."""
+    state_dict unless told: the fp32 masters under O2). `owners` (parameter name -> rank) says
+    the optimizer is sharded (deit/sharding.py): each rank's state_dict is its share."""
 
     def __init__(self, model, optimizer=None, config: Optional[dict] = None, facts: Optional[dict] = None,
-                 world_size: int = 1, shape_problems: Optional[Callable] = None, weights: Optional[Callable] = None):
+                 world_size: int = 1, shape_problems: Optional[Callable] = None, weights: Optional[Callable] = None,
+                 owners: Optional[Dict[str, int]] = None):
         self.model, self.optimizer, self.config = model, optimizer, config or {}
-        self.facts, self.world_size = dict(facts or {}), world_size
+        self.facts, self.world_size, self.owners = dict(facts or {}), world_size, owners
         self.shape_problems = shape_problems or (lambda found, expected: [])
         self.weights = weights or model.state_dict
 
-    def capture(self, engine, rng_ranks: list = None) -> dict:
-        optimizer = self.optimizer
+    def optimizer_state(self) -> Optional[dict]:
+        """The optimizer's whole state, keyed by structured names. Sharded, every rank must call
+        it at once (its share travels to rank 0; elsewhere the answer is None)."""
+        if self.optimizer is None:
+            return None
+        state = rename_optimizer_state(self.optimizer.state_dict(), self.model, to_structured=True)
+        return dist.gather_shards(state) if self.owners is not None else state
+
+    def capture(self, engine, rng_ranks: list = None, optimizer_state: Optional[dict] = None) -> dict:
+        """The checkpoint; `optimizer_state` as optimizer_state() gave it (asked here if not
+        sharded and not given)."""
+        if optimizer_state is None and self.owners is None:
+            optimizer_state = self.optimizer_state()
         return {
             "format": FORMAT,
             "engine": engine.state_dict(),
             "model": self.model.state_dict(),
-            "optimizer": rename_optimizer_state(optimizer.state_dict(), self.model, to_structured=True)
-            if optimizer is not None else None,
+            "optimizer": optimizer_state,
             "rng": rng_state(),
             "rng_ranks": rng_ranks or [],
             "epochs_done": round(engine.state.epochs_done(), 6),  # in samples: true under any later launch size
@@ -68,7 +82,7 @@ class CheckpointContents:
         return ckpt
 
     def restore(self, ckpt: dict, engine, rank: int, path: str) -> None:
-        restore(ckpt, engine, self.model, self.optimizer, rank, self.world_size, path)
+        restore(ckpt, engine, self.model, self.optimizer, rank, self.world_size, path, self.owners)
 
 
 def read_checkpoint(path: str, model, shape_problems: Callable) -> dict:
@@ -150,7 +164,8 @@ def check_fit(ckpt, path: str, model, shape_problems) -> None:
         raise CheckpointError(f"Global.checkpoint: {path} was saved from another model: " + "; ".join(problems))
 
 
-def restore(ckpt: dict, engine, model, optimizer, rank: int = 0, world_size: int = 1, path: str = "") -> None:
+def restore(ckpt: dict, engine, model, optimizer, rank: int = 0, world_size: int = 1, path: str = "",
+            owners: Optional[Dict[str, int]] = None) -> None:
     try:
         engine.load_state_dict(ckpt["engine"])
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
@@ -159,7 +174,8 @@ def restore(ckpt: dict, engine, model, optimizer, rank: int = 0, world_size: int
                               f"checkpoint, or start a new run from its weights") from None
     model.set_state_dict(ckpt["model"])
     if optimizer is not None and ckpt["optimizer"] is not None:
-        state = rename_optimizer_state(ckpt["optimizer"], model, to_structured=False)
+        state = ckpt["optimizer"] if owners is None else owned_state(ckpt["optimizer"], model, owners, rank)
+        state = rename_optimizer_state(state, model, to_structured=False)
         if state.get("master_weights"):
             state["master_weights"] = master_weight_tensors(state["master_weights"], state)
         optimizer.set_state_dict(state)
@@ -196,20 +212,46 @@ def rename_optimizer_state(state: dict, model, to_structured: bool) -> dict:
     which depend on how many layers the process built before; checkpoints use the model's
     structured names (`blocks.0.attn.qkv.weight_moment1_0`) so they load in any process."""
     pairs = [(p.name, n) for n, p in model.named_parameters()]
-    src_dst = pairs if to_structured else [(n, i) for i, n in pairs]
-    src_dst.sort(key=lambda pair: -len(pair[0]))  # longest first: linear_10 before linear_1
-    lookup = dict(src_dst)
+    lookup = dict(pairs if to_structured else [(n, i) for i, n in pairs])
+    of = _parameter_of(lookup)
 
     def rename(key):
-        if key in lookup:
-            return lookup[key]
-        for src, dst in src_dst:
-            if key.startswith(src + "_"):
-                return dst + key[len(src):]
-        return key
+        src = of(key)
+        return key if src is None else lookup[src] + key[len(src):]
 
-    return {rename(k): ({rename(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v)
-            for k, v in state.items()}
+    return _map_keys(state, rename)
+
+
+def owned_state(state: dict, model, owners: Dict[str, int], rank: int) -> dict:
+    """This rank's share of a whole optimizer state (structured keys) under sharding: the
+    entries of the parameters `owners` gives to `rank`, and any entry of no parameter. The
+    rest would stay in the optimizer's memory unused (Paddle keeps what set_state_dict is given)."""
+    owner = {n: owners[p.name] for n, p in model.named_parameters() if p.name in owners}
+    of = _parameter_of(owner)
+    mine = {k for k in _all_keys(state) if of(k) is None or owner[of(k)] == rank}
+    return _map_keys(state, lambda k: k, keep=mine.__contains__)
+
+
+def _parameter_of(names):
+    """key -> the parameter name in `names` it belongs to (the name itself, or the name then
+    `_`: `linear_3.w_0_moment1_0`), or None; the longest match wins (linear_10 before linear_1)."""
+    longest_first = sorted(names, key=len, reverse=True)
+
+    def of(key):
+        if key in names:
+            return key
+        return next((n for n in longest_first if key.startswith(n + "_")), None)
+    return of
+
+
+def _all_keys(state: dict) -> list:
+    return [kk for k, v in state.items() for kk in ([k] + list(v) if isinstance(v, dict) else [k])]
+
+
+def _map_keys(state: dict, rename, keep=lambda key: True) -> dict:
+    """`state` with every key renamed, and one level of nested dicts (O2's master_weights)."""
+    return {rename(k): ({rename(kk): vv for kk, vv in v.items() if keep(kk)} if isinstance(v, dict) else v)
+            for k, v in state.items() if keep(k)}
 
 
 def rng_state() -> dict:

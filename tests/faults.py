@@ -129,12 +129,12 @@ def snapshot(directory):
     return out
 
 
-def launch(tmp_path, nproc, args, name, expect_ok=True, launcher_args=()):
-    """run.py under paddle.distributed.launch with `nproc` CPU processes (gloo); hook modules in
-    tmp_path are importable. Returns the output and worker logs (and the exit code if not
-    expect_ok)."""
+def launch(tmp_path, nproc, args, name, expect_ok=True, launcher_args=(), program=os.path.join(ROOT, "run.py")):
+    """run.py (or another `program`) under paddle.distributed.launch with `nproc` CPU processes
+    (gloo); hook modules in tmp_path are importable. Returns the output and worker logs (and
+    the exit code if not expect_ok)."""
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), *launcher_args,
-           "--devices", "", "--log_dir", str(tmp_path / f"log_{name}"), os.path.join(ROOT, "run.py"), *args]
+           "--devices", "", "--log_dir", str(tmp_path / f"log_{name}"), program, *args]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     logs = "".join(p.read_text() for p in sorted((tmp_path / f"log_{name}").glob("workerlog.*")))

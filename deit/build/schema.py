@@ -97,7 +97,11 @@ SCHEMA = {
             "use_dynamic_loss_scaling": ("bool", True),
         },
     },
-    "DistributedStrategy": {"data_parallel": ("bool", True)},
+    "DistributedStrategy": {
+        "data_parallel": ("bool", True),
+        "data_sharding": ("bool", False),     # PLSC's key: the optimizer's state split across ranks
+        "sharding_on_cpu": ("bool", False),   # ours: data_sharding emulated on the CPU (deit/sharding.py)
+    },
     "Model": {
         "name": ("str", "DeiT_base_patch16_224"),
         "class_num": ("int", 1000, ">=1"),

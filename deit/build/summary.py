@@ -69,10 +69,22 @@ def describe_run(cfg, training) -> str:
         f"batch   global {batch * world} = {batch} per device x {world} device(s)"
         f" (accum_steps {global_cfg['accum_steps']}); lr {sched_cfg['learning_rate'] * lr_scale:.3g}"
         f" (x{lr_scale:g}), {sched_cfg['name']} per {sched_cfg['decay_unit']}",
-        f"device  {global_cfg['device']}, world size {world}, OMP threads {os.environ.get('OMP_NUM_THREADS', '?')}"
+        f"device  {global_cfg['device']}, world size {world}{strategy_text(cfg, world)}, OMP threads {os.environ.get('OMP_NUM_THREADS', '?')}"
         f"{', MKL_DEBUG_CPU_TYPE=' + os.environ['MKL_DEBUG_CPU_TYPE'] if 'MKL_DEBUG_CPU_TYPE' in os.environ else ''}, "
         f"precision {cfg['FP16']['level']}{'' if cfg['FP16']['level'] == 'O0' else ' ' + cfg['FP16']['dtype']}"
         f"{kernels}",
         f"output  {global_cfg['output_dir']}: keeps {kept} (Global.max_num_latest_checkpoint {keep}), best.pdparams, "
         f"final.pdparams",
     ] + teacher_line)
+
+
+def strategy_text(cfg, world: int) -> str:
+    """How the processes share the work, when there are several."""
+    strategy = cfg["DistributedStrategy"]
+    if world == 1:
+        return ""
+    if not strategy["data_sharding"]:
+        return " (data parallel)"
+    return (" (data sharding: each rank keeps the optimizer state of 1/%d of the parameters%s)"
+            % (world, ", emulated on the CPU" if cfg["Global"]["device"] == "cpu" else ""))
+

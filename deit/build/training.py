@@ -46,6 +46,7 @@ from .checks import check_config, check_pipeline
 from .components import (build_eval_loader, build_evaluation, build_loss, build_model, build_train_loader,
                          lr_scale_for, model_architecture)
 from .distillation import build_distillation
+from .parallel import build_parallel
 from .plugins import import_hook
 from .summary import describe_world_change
 from .runtime import (cast_on_cpu, check_low_precision_support, cpu_kernels_for, device_peak, setup_runtime,
@@ -69,9 +70,6 @@ def build_training(cfg):
     global_cfg, amp_cfg = cfg["Global"], cfg["FP16"]
     check_config(cfg, model_architecture(cfg["Model"]))
     setup_runtime(cfg)
-    if not cfg["DistributedStrategy"]["data_parallel"] and dist.world_size() > 1:
-        raise SetupError("DistributedStrategy.data_parallel is false, but data parallel is the only "
-                         "strategy for a launch of several processes: set it to true")
     train_loader = build_train_loader(cfg)
     eval_loader = build_eval_loader(cfg) if global_cfg["eval_during_train"] else None
     batch = cfg["DataLoader"]["Train"]["sampler"]["batch_size"]
@@ -91,6 +89,7 @@ def build_training(cfg):
     optim_cfg, sched_cfg = cfg["Optimizer"], cfg["LRScheduler"]
     optimizer = build_adamw(model, sched_cfg["learning_rate"], **optim_cfg)
     model, optimizer, precision = build_precision(cfg, model, optimizer)
+    train_model, optimizer, owners = build_parallel(cfg, model, optimizer, precision)
     hooks = [GradScaler(precision.scaler)] if precision.scaler is not None else []
     if amp_cfg["level"] == "O0" or amp_cfg["dtype"] == "bfloat16":
         # Check the loss when the meter reports and at every step checkpoint, never per step.
@@ -98,7 +97,6 @@ def build_training(cfg):
                       else global_cfg["print_batch_step"])
         hooks.append(NanGuard(every=math.gcd(global_cfg["print_batch_step"], save_every)))
     trained_weights = partial(full_precision_weights, model, optimizer)
-    train_model = paddle.DataParallel(model) if dist.world_size() > 1 else model
     global_batch = batch * dist.world_size()
     lr_scale = lr_scale_for(sched_cfg, global_batch)
     schedule = TimmCosine(sched_cfg["learning_rate"], sched_cfg["eta_min"], sched_cfg["warmup_epoch"],
@@ -116,7 +114,7 @@ def build_training(cfg):
         facts["teacher"] = teacher_identity  # a resume with another teacher is refused
     contents = CheckpointContents(model, optimizer, config=cfg, facts=facts,
                                   world_size=dist.world_size(), shape_problems=shape_problems,
-                                  weights=partial(fp32_weights, model, optimizer))
+                                  weights=partial(fp32_weights, model, optimizer), owners=owners)
     checkpoint = Checkpoint(run_dir, contents, global_cfg["save_interval"], global_cfg["save_unit"],
                             checkpoints_kept(global_cfg["max_num_latest_checkpoint"]), best_of=kinds.EVAL)
     resumer = Resumer(run_dir, contents, fixed=RESUME_FIXED, describe_world_change=partial(describe_world_change, cfg))

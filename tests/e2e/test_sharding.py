@@ -1,0 +1,157 @@
+"""DistributedStrategy.data_sharding on 2 CPU processes (gloo), emulated as Paddle's stage 2
+runs it on GPUs (deit/sharding.py): the same training as data parallel, each rank holding its
+share of the optimizer state, checkpoints whole, resume under either strategy."""
+import json
+import os
+import shutil
+
+import numpy as np
+import paddle
+import pytest
+from tests.conftest import ROOT
+from tests.faults import launch
+
+pytestmark = [pytest.mark.xdist_group("launch"), pytest.mark.slow]
+
+HOOKS = '''
+import json, os, signal
+from engine import Hook, dist
+
+class WriteShard(Hook):
+    """Each rank writes which parameters its optimizer state covers, and their owners."""
+    def __init__(self, out): self.out = out
+    def completed(self, engine):
+        names = {p.name: n for n, p in engine.model.named_parameters()}
+        longest_first = sorted(names, key=len, reverse=True)
+        covered = set()
+        for key in engine.optimizer.state_dict():
+            owner = next((p for p in longest_first if key.startswith(p + "_")), None)
+            if owner is not None:
+                covered.add(names[owner])
+        owners = {names[k]: r for k, r in engine.optimizer.param2rank.items() if k in names}
+        with open(os.path.join(self.out, f"shard{dist.rank()}.json"), "w") as f:
+            json.dump({"covered": sorted(covered), "owners": owners}, f)
+
+class KillRank0At(Hook):
+    """SIGKILL of rank 0 after step `step` and its checkpoint."""
+    priority = 1000
+    def __init__(self, step): self.step = step
+    def iter_end(self, engine):
+        if engine.state.iteration == self.step and dist.rank() == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+SHARDED = ["-o", "DistributedStrategy.data_sharding=true", "-o", "DistributedStrategy.sharding_on_cpu=true"]
+
+
+def _common(tiny_config, out, *more):
+    args = ["-c", tiny_config, "-o", f"Global.output_dir={out}", "-o", "Global.save_unit=step",
+            "-o", "Global.save_interval=2", "-o", "Global.progress=plain"]
+    return args + [x for v in more for x in ("-o", v)]
+
+
+def _weights(path):
+    return {k: v.numpy() for k, v in paddle.load(str(path)).items()}
+
+
+def _newest_checkpoint(out):
+    return paddle.load(str(out / open(out / "latest.txt").read().strip()))
+
+
+def test_sharded_training_equals_data_parallel_and_its_checkpoints_resume_either_way(tiny_config, tmp_path):
+    (tmp_path / "shard_hooks.py").write_text(HOOKS)
+    dp, sh, cut = tmp_path / "dp", tmp_path / "sh", tmp_path / "cut"
+    launch(tmp_path, 2, _common(tiny_config, dp), "dp")
+    logs = launch(tmp_path, 2, _common(tiny_config, sh, f"Hooks=[{{shard_hooks.WriteShard: {{out: '{sh}'}}}}]")
+                  + SHARDED, "sh")
+    assert "data sharding: each rank keeps the optimizer state of 1/2 of the parameters" in logs
+
+    # the same arithmetic: a reduce to the owner and its step equal an all-reduce and every rank's step
+    final_dp, final_sh = _weights(dp / "final.pdparams"), _weights(sh / "final.pdparams")
+    assert all(np.array_equal(final_dp[k], final_sh[k]) for k in final_dp)
+    state_dp, state_sh = _newest_checkpoint(dp)["optimizer"], _newest_checkpoint(sh)["optimizer"]
+    assert state_dp.keys() == state_sh.keys() and len(state_dp) > 0   # whole, not rank 0's share
+    assert all(np.array_equal(np.asarray(state_dp[k]), np.asarray(state_sh[k])) for k in state_dp)
+
+    # each rank held the state of the parameters it owns, and only those
+    shards = [json.loads((sh / f"shard{r}.json").read_text()) for r in (0, 1)]
+    params = set(final_sh)
+    for rank, shard in enumerate(shards):
+        assert set(shard["covered"]) == {n for n, r in shard["owners"].items() if r == rank} != set()
+    assert set(shards[0]["covered"]) | set(shards[1]["covered"]) == params
+    assert not set(shards[0]["covered"]) & set(shards[1]["covered"])
+
+    # kill -9 of rank 0 after the checkpoint of step 4; resume sharded, and a copy under data parallel
+    code, _ = launch(tmp_path, 2, _common(tiny_config, cut, "Hooks=[{shard_hooks.KillRank0At: {step: 4}}]")
+                     + SHARDED, "cut", expect_ok=False)
+    assert code != 0 and (cut / "step_4.pdckpt").exists() and not (cut / "final.pdparams").exists()
+    cut_dp = tmp_path / "cut_dp"
+    shutil.copytree(cut, cut_dp)
+    launch(tmp_path, 2, _common(tiny_config, cut, "Global.checkpoint=auto") + SHARDED, "resume_sh")
+    launch(tmp_path, 2, _common(tiny_config, cut_dp, "Global.checkpoint=auto"), "resume_dp")
+    for resumed in (cut, cut_dp):
+        weights = _weights(resumed / "final.pdparams")
+        assert all(np.array_equal(weights[k], final_sh[k]) for k in final_sh), resumed
+
+
+def test_sharded_clipping_and_loss_scaling_follow_data_parallel(tiny_config, tmp_path):
+    """Optimizer.grad_clip's norm and the loss scaler's found-inf flag need every rank's
+    gradients: each is summed or or-ed over the ranks."""
+    more = ["Optimizer.grad_clip=0.05", "FP16.level=O1", "FP16.dtype=float16", "Global.epochs=1"]
+    dp, sh = tmp_path / "dp", tmp_path / "sh"
+    launch(tmp_path, 2, _common(tiny_config, dp, *more), "dp")
+    launch(tmp_path, 2, _common(tiny_config, sh, *more) + SHARDED, "sh")
+    final_dp, final_sh = _weights(dp / "final.pdparams"), _weights(sh / "final.pdparams")
+    for k in final_dp:  # the squared norms are summed in another order: equal to float rounding
+        np.testing.assert_allclose(final_sh[k], final_dp[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    scaler = [json.loads(line) for line in open(sh / "metrics.jsonl") if '"loss_scale"' in line]
+    assert scaler, "the loss scaler reported nothing"
+    # the clip acted: without it the weights move further (a 0.05 norm clips every step here)
+    unclipped = tmp_path / "unclipped"
+    launch(tmp_path, 2, _common(tiny_config, unclipped, *more[1:]) + SHARDED, "unclipped")
+    moved = _weights(unclipped / "final.pdparams")
+    assert any(not np.allclose(moved[k], final_sh[k], rtol=1e-3) for k in moved)
+
+
+FOUND_INF_SCRIPT = '''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import paddle, paddle.distributed as dist
+from deit.precision import DynamicLossScaler
+from deit.sharding import EmulatedStage2
+
+dist.init_parallel_env()
+rank, any_rank = dist.get_rank(), sys.argv[2] == "any_rank"
+paddle.seed(0)
+model = paddle.nn.Sequential(paddle.nn.Linear(4, 4), paddle.nn.Linear(4, 4))
+optimizer = EmulatedStage2(paddle.optimizer.AdamW(0.1, parameters=model.parameters()), 2, rank)
+theirs = next(p for p in model.parameters() if optimizer.param2rank[p.name] == 1)
+loss = model(paddle.ones([2, 4])).sum()
+if rank == 0:  # an overflow in rank 0's gradient of a parameter rank 1 owns
+    loss = loss + theirs.sum() * 1e38
+scaler = DynamicLossScaler(init_loss_scaling=1024.0, any_rank=any_rank)
+scaler.scale(loss).backward()
+before = [p.numpy().copy() for p in model.parameters()]
+scaler.step(optimizer)
+moved = any((p.numpy() != b).any() for p, b in zip(model.parameters(), before))
+print("RESULT " + json.dumps({"rank": rank, "skipped": scaler.skipped_steps, "scale": scaler.loss_scale,
+                               "moved": bool(moved)}), flush=True)
+'''
+
+
+def _found_inf_results(tmp_path, mode):
+    script = tmp_path / "found_inf.py"
+    script.write_text(FOUND_INF_SCRIPT)
+    out = launch(tmp_path, 2, [ROOT, mode], mode, program=str(script))
+    rows = [json.loads(line.split("RESULT ", 1)[1]) for line in out.splitlines() if "RESULT " in line]
+    return {row["rank"]: row for row in rows}
+
+
+def test_an_overflow_seen_by_one_rank_skips_the_step_on_every_rank(tmp_path):
+    results = _found_inf_results(tmp_path, "any_rank")
+    assert set(results) == {0, 1}
+    for row in results.values():
+        assert row == {**row, "skipped": 1, "scale": 512.0, "moved": False}
+    # the flag left per rank: rank 0 saw only finite gradients of its own and stepped alone
+    alone = _found_inf_results(tmp_path, "own_rank")
+    assert alone[0]["skipped"] == 0 and alone[0]["moved"] and alone[1]["skipped"] == 1
