@@ -112,3 +112,24 @@ def test_the_curves_early_stopping_onnx_and_memory_commands_run_as_written(tiny_
             assert "onnxruntime" in capsys.readouterr().out and os.path.isfile(os.path.join(out, "inference.onnx"))
     assert os.listdir(str(tmp_path / "run0" / "out" / "tensorboard"))
     assert os.listdir(str(tmp_path / "run0" / "out" / "wandb"))
+
+
+
+@__import__("pytest").mark.xdist_group("launch")   # the launcher's ports: one launch at a time
+def test_the_sharding_commands_run_as_written(tiny_dataset, tmp_path):
+    """The README's CPU launch of data_sharding on 2 gloo processes; the GPU line beside it
+    differs only in the launcher's devices, Global.device and sharding_on_cpu."""
+    from tests.faults import launch
+    lines = [line for block in _blocks(_section("Curves, early stopping, ONNX and memory"), "bash")
+             for line in block.replace("\\\n", " ").splitlines() if "paddle.distributed.launch" in line]
+    gpu, cpu = (shlex.split(line) for line in lines)
+
+    def overrides(words):
+        return {words[i + 1] for i, w in enumerate(words) if w == "-o"}
+    assert overrides(gpu) - {"Global.device=gpu"} == overrides(cpu) - {"DistributedStrategy.sharding_on_cpu=true"}
+    assert cpu[cpu.index("--nproc_per_node") + 1] == "2" and cpu[cpu.index("--devices") + 1] == ""
+    config = write_tiny_config(tmp_path, tiny_dataset)
+    out = launch(tmp_path, 2, _substituted(cpu[cpu.index("run.py") + 1:], config, str(tmp_path / "out"), tiny_dataset),
+                 "readme_sharding")
+    assert "data sharding: each rank keeps the optimizer state of 1/2" in out
+    assert os.path.isfile(str(tmp_path / "out" / "final.pdparams"))
