@@ -179,13 +179,16 @@ def _run(cfg, training, resumed, summary) -> int:
                 print(f"the run in {run_dir.path} is complete ({state.epoch} of {state.max_epochs} epochs): "
                       f"raise Global.epochs to train longer, or start over in another Global.output_dir")
     if complete:  # nothing to train: no empty "done" summary, no file rewritten...
-        if dist.is_main() and not os.path.isfile(run_dir.file("final.pdparams")):
-            try:  # ...but a run stopped between its last checkpoint and final.pdparams gets it now
+        # ...but a run stopped between its last checkpoint and final.pdparams gets it now (every
+        # rank takes part: under sharding the weights come from every rank)
+        if dist.any_rank(dist.is_main() and not os.path.isfile(run_dir.file("final.pdparams"))):
+            try:
                 training.checkpoint.completed(engine)
             except UserError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            print(f"wrote {run_dir.file('final.pdparams')}, which the run had not written before it stopped")
+            if dist.is_main():
+                print(f"wrote {run_dir.file('final.pdparams')}, which the run had not written before it stopped")
         return 0
     try:
         if dist.is_main():

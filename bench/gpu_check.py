@@ -199,7 +199,9 @@ def two_process_row(args, work, gpus):
         return ("2 processes", "skip", f"{gpus} GPU here")
     out = os.path.join(work, "two")
     started = time.perf_counter()
-    result = _launch(args, work, "two", [*_demo_overrides(args, out), "-o", "Global.epochs=1"])
+    # gloo sums float16 to inf on the CPU (deit/build/runtime.py refuses it there): bfloat16
+    dtype = ["-o", "FP16.dtype=bfloat16"] if args.emulate else []
+    result = _launch(args, work, "two", [*_demo_overrides(args, out), "-o", "Global.epochs=1", *dtype])
     if result.returncode != 0:
         return ("2 processes", "FAIL", f"exit {result.returncode}; logs in {work}/log_two")
     train = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"train"' in line]

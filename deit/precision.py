@@ -156,5 +156,9 @@ def full_precision_weights(model, optimizer) -> dict:
 def fp32_weights(model, optimizer) -> dict:
     """full_precision_weights, every entry fp32: what best.pdparams / final.pdparams hold, so
     an O2 run's weights load into an fp32 model for --eval, --predict, --export and finetuning."""
+    return as_fp32(full_precision_weights(model, optimizer))
+
+
+def as_fp32(weights: dict) -> dict:
     return {name: value.astype("float32") if value.dtype in LOW_PRECISION else value
-            for name, value in full_precision_weights(model, optimizer).items()}
+            for name, value in weights.items()}

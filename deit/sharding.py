@@ -26,6 +26,8 @@ from typing import Dict, Sequence
 import paddle
 import paddle.distributed as dist
 
+from .precision import LOW_PRECISION
+
 
 def paddle_owners(params: Sequence, world_size: int) -> Dict[str, int]:
     """The owner rank of each parameter, by Paddle's rule (GroupShardedOptimizerStage2.
@@ -57,10 +59,16 @@ class EmulatedStage2:
         self._parameter_list = optimizer._parameter_list
         trainable = [p for p in self._parameter_list if not p.stop_gradient]
         self.param2rank = paddle_owners(self._parameter_list, world_size)
+        for param in trainable:  # every rank starts from rank 0's values, as Paddle's do
+            dist.broadcast(param, src=0)
+        if getattr(optimizer, "_multi_precision", False):  # O2: fp32 masters of this rank's parameters only,
+            for param in trainable:                        # named after them (_generate_master_params)
+                if param.dtype in LOW_PRECISION and self.param2rank[param.name] == rank:
+                    master = paddle.cast(param, "float32")
+                    master.name = param.name
+                    optimizer._master_weights[param.name] = master
         if isinstance(optimizer._grad_clip, paddle.nn.ClipGradByGlobalNorm):  # Paddle's stage 2 does this too
             optimizer._grad_clip = ClipGlobalNormAcrossRanks(optimizer._grad_clip.clip_norm)
-        for param in trainable:  # the owners start from rank 0's values, as Paddle's do
-            dist.broadcast(param, src=0)
         self._hooks = [p._register_backward_hook(self._reducer(p)) for p in trainable]
 
     def _reducer(self, param):
@@ -68,9 +76,15 @@ class EmulatedStage2:
 
         @paddle.no_grad()
         def reduce(*_):
-            dist.reduce(param.grad, dst=owner)
+            grad = param.grad
+            if grad.dtype == paddle.float16:  # gloo sums float16 to inf (1.5 + 3.0 = inf, Paddle 3.3)
+                wide = grad.astype("float32")
+                dist.reduce(wide, dst=owner)
+                grad.copy_(wide.astype(grad.dtype), False)
+            else:
+                dist.reduce(grad, dst=owner)
             if owner == self.rank:
-                param.grad.scale_(1.0 / self.world_size)
+                grad.scale_(1.0 / self.world_size)
             else:
                 param.clear_gradient(False)
         return reduce

@@ -50,12 +50,17 @@ class Checkpoint(Hook):
 
     def eval_end(self, engine):
         name = engine.state.evaluation.name
-        if name == self.best_of and engine.state.reports.latest(name)["is_best"] and self.run_dir.is_main:
-            self._write(self.contents.weights(), "best.pdparams")
+        if name == self.best_of and engine.state.reports.latest(name)["is_best"]:
+            self._write_weights("best.pdparams")
 
     def completed(self, engine):
+        self._write_weights("final.pdparams")
+
+    def _write_weights(self, name: str) -> None:
+        """Every rank is here (under sharding the fp32 masters come from their owners); rank 0 writes."""
+        weights = self.contents.file_weights()
         if self.run_dir.is_main:
-            self._write(self.contents.weights(), "final.pdparams")
+            self._write(weights, name)
 
     def has_saved(self, name: str) -> bool:
         """Whether the newest checkpoint this run wrote is `name` (without .pdckpt)."""

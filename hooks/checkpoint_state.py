@@ -47,12 +47,20 @@ class CheckpointContents:
         self.shape_problems = shape_problems or (lambda found, expected: [])
         self.weights = weights or model.state_dict
 
+    def file_weights(self) -> Optional[dict]:
+        """What .pdparams files hold, on rank 0 (None elsewhere). Sharded, every rank must call
+        it at once: `weights()` then gathers each master weight from its owner."""
+        if self.owners is None and not dist.is_main():
+            return None
+        return self.weights()
+
     def optimizer_state(self) -> Optional[dict]:
         """The optimizer's whole state, keyed by structured names. Sharded, every rank must call
         it at once (its share travels to rank 0; elsewhere the answer is None)."""
         if self.optimizer is None:
             return None
-        state = rename_optimizer_state(self.optimizer.state_dict(), self.model, to_structured=True)
+        state = masters_named_as_optimizer(self.optimizer.state_dict())
+        state = rename_optimizer_state(state, self.model, to_structured=True)
         return dist.gather_shards(state) if self.owners is not None else state
 
     def capture(self, engine, rng_ranks: list = None, optimizer_state: Optional[dict] = None) -> dict:
@@ -205,6 +213,29 @@ def master_weight_tensors(masters: dict, state: dict) -> dict:
         tensor.name = names[0] if names else f"{prefix}_0"
         tensors[param_name] = tensor
     return tensors
+
+
+_MASTER_ACCUMULATOR = re.compile(r"^(.*?)(_fp32_master_\d+)?(_(?:moment1|moment2|moment2_max|beta1_pow_acc|beta2_pow_acc)_\d+)$")
+
+
+def masters_named_as_optimizer(state: dict) -> dict:
+    """Checkpoints name O2's master weights as Paddle's optimizer does: `linear_3.w_0_fp32_master_0`,
+    its moments `linear_3.w_0_fp32_master_0_moment1_0`. Paddle's stage-2 sharding names each master
+    after its parameter (`linear_3.w_0`, its moments `linear_3.w_0_moment1_0`); those moments are
+    renamed to the checkpoint's form, so one file resumes sharded or not. (A resume needs no
+    renaming back: the optimizer takes the loaded masters with their names, and makes its
+    moments under those names at its first step.)"""
+    masters = state.get("master_weights") or {}
+    after_param = {p for p, m in masters.items() if getattr(m, "name", None) == p}
+    if not after_param:
+        return state
+
+    def rename(key):
+        found = _MASTER_ACCUMULATOR.match(key)
+        if found and found.group(1) in after_param and not found.group(2):
+            return found.group(1) + "_fp32_master_0" + found.group(3)
+        return key
+    return _map_keys(state, rename)
 
 
 def rename_optimizer_state(state: dict, model, to_structured: bool) -> dict:

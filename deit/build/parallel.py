@@ -8,6 +8,7 @@ import paddle
 from engine import dist
 
 from ..errors import SetupError
+from ..precision import as_fp32
 from ..sharding import EmulatedStage2, shard_with_paddle
 
 
@@ -43,11 +44,24 @@ def refuse_sharding(cfg) -> None:
         raise SetupError("DistributedStrategy.data_sharding: Paddle's group sharding runs on GPUs (and XPUs) only, "
                          "and Global.device is cpu: set -o DistributedStrategy.data_sharding=false (data parallel), "
                          "or -o DistributedStrategy.sharding_on_cpu=true to rehearse it with plain collectives")
-    if cfg["FP16"]["level"] == "O2":
-        raise SetupError("DistributedStrategy.data_sharding with FP16.level O2: stage-2 sharding keeps each fp32 "
-                         "master weight on one rank only, and EMA and best/final.pdparams read them all: use "
-                         "-o FP16.level=O1 (its fp32 moments are sharded) or data parallel")
+    if cfg["FP16"]["level"] == "O2" and cfg["EMA"]["decay"] > 0:
+        raise SetupError("DistributedStrategy.data_sharding with FP16.level O2 and EMA: stage-2 sharding keeps each "
+                         "fp32 master weight on its owner rank only, and EMA averages every master at every step: "
+                         "set -o EMA.decay=0, or use -o FP16.level=O1 or data parallel")
     if global_cfg["accum_steps"] > 1:
         raise SetupError(f"DistributedStrategy.data_sharding with Global.accum_steps={global_cfg['accum_steps']}: "
                          f"Paddle's stage-2 sharding reduces and frees the gradients after every backward, with no "
                          f"no_sync to accumulate micro-batches: set -o Global.accum_steps=1 or use data parallel")
+
+
+def gathered_fp32_weights(model, optimizer) -> Optional[dict]:
+    """fp32_weights under sharding: each O2 master weight lives on its owner rank, so every rank
+    sends its own (every rank calls this at once); rank 0 gets the weights, the others None."""
+    masters = getattr(optimizer, "_optim", optimizer)._master_weights
+    own = {name: masters[p.name] for name, p in model.named_parameters() if p.name in masters}
+    gathered = dist.gather_shards(own)
+    if gathered is None:
+        return None
+    return as_fp32({name: paddle.to_tensor(gathered[name]) if name in gathered else value
+                    for name, value in model.state_dict().items()})
+

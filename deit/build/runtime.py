@@ -94,6 +94,11 @@ def check_low_precision_support(cfg) -> None:
         return
     warnings.filterwarnings("ignore", message="amp_guard can only be enabled")
     if cast_on_cpu(cfg):
+        if amp_cfg["dtype"] == "float16" and dist.world_size() > 1 and not cfg["DistributedStrategy"]["data_sharding"]:
+            raise SetupError("FP16.cast_on_cpu with float16 on several processes: Paddle's gloo backend sums float16 "
+                             "gradients to inf (1.5 + 3.0 gives inf in Paddle 3.3), so data parallel would skip every "
+                             "step; use -o FP16.dtype=bfloat16, one process, or DistributedStrategy.data_sharding "
+                             "with sharding_on_cpu (it sums float16 in fp32)")
         if cfg["Optimizer"]["grad_clip"]:
             raise SetupError("FP16.cast_on_cpu: Optimizer.grad_clip needs squared_l2_norm, which Paddle's "
                              "CPU build has no float16/bfloat16 kernel for: set Optimizer.grad_clip=0 here")

@@ -46,7 +46,7 @@ from .checks import check_config, check_pipeline
 from .components import (build_eval_loader, build_evaluation, build_loss, build_model, build_train_loader,
                          lr_scale_for, model_architecture)
 from .distillation import build_distillation
-from .parallel import build_parallel
+from .parallel import build_parallel, gathered_fp32_weights
 from .plugins import import_hook
 from .summary import describe_world_change
 from .runtime import (cast_on_cpu, check_low_precision_support, cpu_kernels_for, device_peak, setup_runtime,
@@ -114,7 +114,8 @@ def build_training(cfg):
         facts["teacher"] = teacher_identity  # a resume with another teacher is refused
     contents = CheckpointContents(model, optimizer, config=cfg, facts=facts,
                                   world_size=dist.world_size(), shape_problems=shape_problems,
-                                  weights=partial(fp32_weights, model, optimizer), owners=owners)
+                                  weights=partial(fp32_weights if owners is None else gathered_fp32_weights,
+                                                  model, optimizer), owners=owners)
     checkpoint = Checkpoint(run_dir, contents, global_cfg["save_interval"], global_cfg["save_unit"],
                             checkpoints_kept(global_cfg["max_num_latest_checkpoint"]), best_of=kinds.EVAL)
     resumer = Resumer(run_dir, contents, fixed=RESUME_FIXED, describe_world_change=partial(describe_world_change, cfg))

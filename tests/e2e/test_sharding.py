@@ -29,8 +29,9 @@ class WriteShard(Hook):
             if owner is not None:
                 covered.add(names[owner])
         owners = {names[k]: r for k, r in engine.optimizer.param2rank.items() if k in names}
+        masters = sorted(names[k] for k in engine.optimizer._optim._master_weights)
         with open(os.path.join(self.out, f"shard{dist.rank()}.json"), "w") as f:
-            json.dump({"covered": sorted(covered), "owners": owners}, f)
+            json.dump({"covered": sorted(covered), "owners": owners, "masters": masters}, f)
 
 class KillRank0At(Hook):
     """SIGKILL of rank 0 after step `step` and its checkpoint."""
@@ -92,6 +93,58 @@ def test_sharded_training_equals_data_parallel_and_its_checkpoints_resume_either
     for resumed in (cut, cut_dp):
         weights = _weights(resumed / "final.pdparams")
         assert all(np.array_equal(weights[k], final_sh[k]) for k in final_sh), resumed
+
+
+def test_sharded_o2_keeps_each_master_on_its_owner_and_checkpoints_cross_strategies(tiny_config, tmp_path):
+    """FP16 O2 cast for real (FP16.cast_on_cpu, bfloat16: gloo sums it right). Stage 2 names
+    each master after its parameter where Paddle's optimizer names it `..._fp32_master_0`; the
+    checkpoint takes the latter, so a sharded checkpoint resumes under data parallel and a
+    data-parallel one sharded, to the same weights; best/final.pdparams gather every master."""
+    (tmp_path / "shard_hooks.py").write_text(HOOKS)
+    o2 = ["FP16.level=O2", "FP16.dtype=bfloat16", "FP16.cast_on_cpu=true"]
+    dp, sh = tmp_path / "dp", tmp_path / "sh"
+    launch(tmp_path, 2, _common(tiny_config, dp, *o2), "dp")
+    launch(tmp_path, 2, _common(tiny_config, sh, *o2, f"Hooks=[{{shard_hooks.WriteShard: {{out: '{sh}'}}}}]")
+           + SHARDED, "sh")
+    final_dp, final_sh = _weights(dp / "final.pdparams"), _weights(sh / "final.pdparams")
+    assert all(v.dtype == np.float32 for v in final_sh.values())          # the masters, gathered
+    assert all(np.array_equal(final_dp[k], final_sh[k]) for k in final_dp)
+    state_dp, state_sh = _newest_checkpoint(dp)["optimizer"], _newest_checkpoint(sh)["optimizer"]
+    assert state_dp.keys() == state_sh.keys() and any("_fp32_master_0_moment1_0" in k for k in state_sh)
+    assert state_dp["master_weights"].keys() == state_sh["master_weights"].keys()
+    for key in state_dp:
+        values = state_dp[key].items() if isinstance(state_dp[key], dict) else [(None, state_dp[key])]
+        for sub, value in values:
+            other = state_sh[key][sub] if sub is not None else state_sh[key]
+            assert np.array_equal(np.asarray(value), np.asarray(other)), (key, sub)
+    shards = [json.loads((sh / f"shard{r}.json").read_text()) for r in (0, 1)]
+    for rank, shard in enumerate(shards):   # each rank holds the masters of its own parameters only
+        assert set(shard["masters"]) == {n for n, r in shard["owners"].items() if r == rank} != set()
+
+    cuts = {}
+    for name, strategy in (("sh", SHARDED), ("dp", [])):
+        cut = tmp_path / f"cut_{name}"
+        code, _ = launch(tmp_path, 2, _common(tiny_config, cut, *o2, "Hooks=[{shard_hooks.KillRank0At: {step: 4}}]")
+                         + strategy, f"cut_{name}", expect_ok=False)
+        assert code != 0 and (cut / "step_4.pdckpt").exists()
+        cuts[name] = cut
+    launch(tmp_path, 2, _common(tiny_config, cuts["sh"], *o2, "Global.checkpoint=auto"), "sh_to_dp")
+    launch(tmp_path, 2, _common(tiny_config, cuts["dp"], *o2, "Global.checkpoint=auto") + SHARDED, "dp_to_sh")
+    for cut in cuts.values():
+        weights = _weights(cut / "final.pdparams")
+        assert all(np.array_equal(weights[k], final_sh[k]) for k in final_sh), cut
+
+
+def test_sharded_float16_o2_trains_where_gloo_data_parallel_cannot(tiny_config, tmp_path):
+    """gloo sums float16 to inf on the CPU: data parallel with FP16.cast_on_cpu float16 is
+    refused in one line; the sharding emulation reduces float16 gradients in fp32 and trains."""
+    f16 = ["FP16.level=O2", "FP16.dtype=float16", "FP16.cast_on_cpu=true", "FP16.GradScaler.init_loss_scaling=256",
+           "Global.epochs=1"]
+    code, out = launch(tmp_path, 2, _common(tiny_config, tmp_path / "dp", *f16), "dp", expect_ok=False)
+    assert code != 0 and "Paddle's gloo backend sums float16 gradients to inf" in out
+    launch(tmp_path, 2, _common(tiny_config, tmp_path / "sh", *f16) + SHARDED, "sh")
+    rows = [json.loads(line) for line in open(tmp_path / "sh" / "metrics.jsonl") if '"loss_scale"' in line]
+    assert rows and rows[-1]["skipped_steps"] == 0 and rows[-1]["loss_scale"] == 256.0
 
 
 def test_sharded_clipping_and_loss_scaling_follow_data_parallel(tiny_config, tmp_path):
