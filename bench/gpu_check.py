@@ -17,16 +17,17 @@ Rows, and how to read them (bench/NOTES.md, "GPU check"):
 - 2 processes (2+ GPUs; gloo processes with --emulate): the demo for one epoch under
   `paddle.distributed.launch`, both ranks' weights equal.
 - 2 processes sharded (DistributedStrategy.data_sharding: Paddle's stage-2 group sharding;
-  emulated with plain collectives under --emulate): the demo for 2 epochs in O1 float16 with
+  emulated with plain collectives under --emulate): the demo for 2 epochs in O2 float16 with
   gradient clipping, under data parallel and sharded, final weights close (the clip's norm
   sums in another order); the sharded run killed with SIGKILL after a checkpoint and resumed,
   final weights equal to the uninterrupted sharded run's; the checkpoint's optimizer state
-  whole (every parameter's moments, gathered from both ranks).
+  whole (every parameter's moments and every master, gathered from both ranks).
 Exit 0 when every row passes, 1 when one fails, 2 when there is no GPU to check.
 """
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -229,8 +230,13 @@ def sharded_row(args, work, gpus):
     sharded = ["DistributedStrategy.data_sharding=true"] + (["DistributedStrategy.sharding_on_cpu=true"]
                                                             if args.emulate else [])
 
+    # PLSC's O2 float16 with clipping; --emulate: bfloat16 (gloo sums float16 to inf) and no clip
+    # (FP16.cast_on_cpu has no float16/bfloat16 squared_l2_norm)
+    precision = (["FP16.dtype=bfloat16", "FP16.cast_on_cpu=true"] if args.emulate
+                 else ["FP16.dtype=float16", "Optimizer.grad_clip=1.0"])
+
     def overrides(out, *more):
-        o = [f"Global.device={args.device}", "FP16.level=O1", "FP16.dtype=float16", "Optimizer.grad_clip=1.0",
+        o = [f"Global.device={args.device}", "FP16.level=O2", *precision,
              f"Global.output_dir={out}", "Global.epochs=2", "Global.save_unit=step", "Global.save_interval=5",
              "Global.progress=off", *more]
         if args.emulate:
@@ -251,13 +257,15 @@ def sharded_row(args, work, gpus):
     resumed_equal = all(np.array_equal(final["cut"][k], final["sharded"][k]) for k in final["sharded"])
     newest = open(os.path.join(out["sharded"], "latest.txt")).read().strip()
     ckpt = load_restricted(os.path.join(out["sharded"], newest), "checkpoint")
-    moments = {k[:-len("_moment1_0")] for k in ckpt["optimizer"] if k.endswith("_moment1_0")}
-    whole = moments == set(final["sharded"])
+    moments = {re.sub(r"(_fp32_master_\d+)?_moment1_0$", "", k) for k in ckpt["optimizer"] if k.endswith("_moment1_0")}
+    masters = set(ckpt["optimizer"].get("master_weights") or {})
+    whole = moments == set(final["sharded"]) and masters == {k for k, v in ckpt["model"].items()
+                                                            if str(v.dtype) in ("float16", "bfloat16", "uint16")}
     ok = vs_dp < 1e-3 and resumed_equal and whole
     return (name, "ok" if ok else "FAIL",
             f"vs data parallel: max |diff| {vs_dp:.1e} (< 1e-3); kill -9 at step 10 and resume: final weights "
             f"{'equal' if resumed_equal else 'DIFFER'}; checkpoint moments for {len(moments)} of "
-            f"{len(final['sharded'])} parameters")
+            f"{len(final['sharded'])} parameters, masters for {len(masters)}")
 
 
 def main(argv=None):
