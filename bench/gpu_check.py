@@ -51,7 +51,14 @@ PRECISIONS = [("O0", "float32"), ("O1", "float16"), ("O1", "bfloat16"), ("O2", "
 
 KILL_HOOK = '''
 import os, signal
-from engine import Hook
+import paddle
+from engine import Hook, dist
+
+class SaveEveryRank(Hook):
+    """Each rank writes its own weights at the end, to compare them."""
+    def __init__(self, out): self.out = out
+    def completed(self, engine):
+        paddle.save(engine.model.state_dict(), os.path.join(self.out, f"rank{dist.rank()}.pdparams"))
 
 class KillAfterCheckpoint(Hook):
     """SIGKILL right after the checkpoint of step `step` is written."""
@@ -202,13 +209,20 @@ def two_process_row(args, work, gpus):
     started = time.perf_counter()
     # gloo sums float16 to inf on the CPU (deit/build/runtime.py refuses it there): bfloat16
     dtype = ["-o", "FP16.dtype=bfloat16"] if args.emulate else []
-    result = _launch(args, work, "two", [*_demo_overrides(args, out), "-o", "Global.epochs=1", *dtype])
+    save = ["-o", f"Hooks=[{{gpu_check_hooks.SaveEveryRank: {{out: '{out}'}}}}]"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([work, ROOT]))
+    result = _launch(args, work, "two", [*_demo_overrides(args, out), "-o", "Global.epochs=1", *dtype, *save], env=env)
     if result.returncode != 0:
         return ("2 processes", "FAIL", f"exit {result.returncode}; logs in {work}/log_two")
+    import numpy as np
+    import paddle
+    ranks = [paddle.load(os.path.join(out, f"rank{r}.pdparams")) for r in (0, 1)]
+    if not all(np.array_equal(ranks[0][k].numpy(), ranks[1][k].numpy()) for k in ranks[0]):
+        return ("2 processes", "FAIL", "the two ranks' weights differ after the run")
     train = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"train"' in line]
     speed = train[-1].get("img_per_s_run")
     return ("2 processes", "ok", f"1 epoch in {time.perf_counter() - started:.0f} s (with start-up), "
-            f"{speed or 0:.0f} img/s over both")
+            f"{speed or 0:.0f} img/s over both, both ranks' weights equal")
 
 
 def _launch(args, work, name, overrides, env=None):

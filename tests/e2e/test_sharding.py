@@ -30,8 +30,11 @@ class WriteShard(Hook):
                 covered.add(names[owner])
         owners = {names[k]: r for k, r in engine.optimizer.param2rank.items() if k in names}
         masters = sorted(names[k] for k in engine.optimizer._optim._master_weights)
+        state = engine.optimizer.state_dict()
+        tensors = [v for v in state.values() if hasattr(v, "numpy")] + list((state.get("master_weights") or {}).values())
+        nbytes = sum(v.numpy().nbytes for v in tensors)
         with open(os.path.join(self.out, f"shard{dist.rank()}.json"), "w") as f:
-            json.dump({"covered": sorted(covered), "owners": owners, "masters": masters}, f)
+            json.dump({"covered": sorted(covered), "owners": owners, "masters": masters, "bytes": nbytes}, f)
 
 class KillRank0At(Hook):
     """SIGKILL of rank 0 after step `step` and its checkpoint."""
@@ -81,6 +84,10 @@ def test_sharded_training_equals_data_parallel_and_its_checkpoints_resume_either
         assert set(shard["covered"]) == {n for n, r in shard["owners"].items() if r == rank} != set()
     assert set(shards[0]["covered"]) | set(shards[1]["covered"]) == params
     assert not set(shards[0]["covered"]) & set(shards[1]["covered"])
+    # the memory: the two shares add up to data parallel's whole state, each rank about half of it
+    whole = sum(np.asarray(v).nbytes for v in state_dp.values())
+    assert shards[0]["bytes"] + shards[1]["bytes"] == whole
+    assert max(shards[0]["bytes"], shards[1]["bytes"]) < 0.6 * whole
 
     # kill -9 of rank 0 after the checkpoint of step 4; resume sharded, and a copy under data parallel
     code, _ = launch(tmp_path, 2, _common(tiny_config, cut, "Hooks=[{shard_hooks.KillRank0At: {step: 4}}]")
