@@ -36,6 +36,13 @@ class WriteShard(Hook):
         with open(os.path.join(self.out, f"shard{dist.rank()}.json"), "w") as f:
             json.dump({"covered": sorted(covered), "owners": owners, "masters": masters, "bytes": nbytes}, f)
 
+class DieOnRank1(Hook):
+    """Rank 1 dies abruptly (as on an out-of-memory kill) after step `at`."""
+    def __init__(self, at): self.at = at
+    def iter_end(self, engine):
+        if dist.rank() == 1 and engine.state.iteration == self.at:
+            os._exit(3)
+
 class KillRank0At(Hook):
     """SIGKILL of rank 0 after step `step` and its checkpoint."""
     priority = 1000
@@ -100,6 +107,24 @@ def test_sharded_training_equals_data_parallel_and_its_checkpoints_resume_either
     for resumed in (cut, cut_dp):
         weights = _weights(resumed / "final.pdparams")
         assert all(np.array_equal(weights[k], final_sh[k]) for k in final_sh), resumed
+
+
+def test_a_rank_that_dies_mid_backward_is_one_line_and_the_checkpoint_stays_whole(tiny_config, tmp_path):
+    """Sharding's collectives sit in the backward pass (the reduce to each owner) and in the
+    checkpoint's gather: a peer that dies makes rank 0 fail there with one message, and latest.txt
+    names a checkpoint with every parameter's moments, which resumes."""
+    (tmp_path / "shard_hooks.py").write_text(HOOKS)
+    out = tmp_path / "out"
+    code, logs = launch(tmp_path, 2, _common(tiny_config, out, "Hooks=[{shard_hooks.DieOnRank1: {at: 3}}]") + SHARDED,
+                        "die", expect_ok=False)
+    assert code != 0 and "a collective failed because another process of this launch died" in logs
+    assert "Traceback" not in (tmp_path / "log_die" / "workerlog.0").read_text()   # one line, no stack
+    assert (out / "latest.txt").read_text().strip() == "step_2.pdckpt"
+    state = paddle.load(str(out / "step_2.pdckpt"))["optimizer"]
+    params = paddle.load(str(out / "step_2.pdckpt"))["model"].keys()
+    assert {k[:-len("_moment1_0")] for k in state if k.endswith("_moment1_0")} == set(params)
+    launch(tmp_path, 2, _common(tiny_config, out, "Global.checkpoint=auto") + SHARDED, "resume")
+    assert (out / "final.pdparams").exists()
 
 
 def test_sharded_o2_keeps_each_master_on_its_owner_and_checkpoints_cross_strategies(tiny_config, tmp_path):
