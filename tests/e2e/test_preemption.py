@@ -161,9 +161,12 @@ def test_ranks_whose_launcher_was_killed_stop_with_a_checkpoint(tiny_config, tmp
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("launch")
-def test_sigterm_to_a_two_process_launch_saves_at_the_step_end(tiny_config, tmp_path):
-    """`scancel` or `timeout` signal the launcher, both ranks and their workers at once."""
-    launcher, out, go = _held_launch(tmp_path, tiny_config, "DataLoader.Train.loader.num_workers=1")
+@pytest.mark.parametrize("strategy", [(), ("DistributedStrategy.data_sharding=true",
+                                           "DistributedStrategy.sharding_on_cpu=true")], ids=["dp", "sharded"])
+def test_sigterm_to_a_two_process_launch_saves_at_the_step_end(tiny_config, tmp_path, strategy):
+    """`scancel` or `timeout` signal the launcher, both ranks and their workers at once. Sharded,
+    the save gathers each rank's share of the optimizer state; one process resumes it."""
+    launcher, out, go = _held_launch(tmp_path, tiny_config, "DataLoader.Train.loader.num_workers=1", *strategy)
     try:
         os.killpg(launcher.pid, signal.SIGTERM)
         go.touch()
@@ -177,6 +180,10 @@ def test_sigterm_to_a_two_process_launch_saves_at_the_step_end(tiny_config, tmp_
     assert f"SIGTERM: saving {out / 'step_4.pdckpt'}" in logs, logs[-3000:]
     assert (out / "latest.txt").read_text().strip() == "step_4.pdckpt"
     assert launcher.returncode != 0 and logs.count("stopped by SIGTERM; saved") == 2  # each rank says where
+    import paddle
+    saved = paddle.load(str(out / "step_4.pdckpt"))
+    moments = {k[:-len("_moment1_0")] for k in saved["optimizer"] if k.endswith("_moment1_0")}
+    assert moments == set(saved["model"])
     resumed = run_cli(tiny_config, out, "Global.epochs=3", "DataLoader.Train.sampler.batch_size=8",
                       "Global.checkpoint=auto", hooks_dir=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
