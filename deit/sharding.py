@@ -45,7 +45,20 @@ def shard_with_paddle(model, optimizer):
     the parameters stay `model`'s own (views of Paddle's buffers from here on)."""
     from paddle.distributed.sharding import group_sharded_parallel
     sharded_model, sharded_optimizer, _ = group_sharded_parallel(model, optimizer, level="os_g")
+    scale_every_step_alike(sharded_model)
     return sharded_model, sharded_optimizer
+
+
+def scale_every_step_alike(sharded_model) -> None:
+    """Paddle 3.3's GroupShardedStage2 divides float16 gradients by the world size in their
+    backward hooks until the first gradient of another dtype arrives (float16 O2 keeps LayerNorm
+    fp32); from then on it divides every gradient at the optimizer step (`scale_in_opt`), and never
+    changes back. So on the first step after a start or a resume, the float16 gradients that
+    arrived before that one are divided twice: 1/N^2 (Paddle's own functions show it on the CPU,
+    tests/deit/test_sharding.py). Setting the flag before the first step makes that step like all
+    later ones, and a resume exact."""
+    if any(p.dtype != paddle.float16 for p in sharded_model._trainable_params):
+        sharded_model.scale_in_opt = True
 
 
 class EmulatedStage2:
