@@ -96,14 +96,17 @@ class EmulatedStage2:
                 grad.copy_(wide.astype(grad.dtype), False)
             else:
                 dist.reduce(grad, dst=owner)
-            if owner == self.rank:
-                grad.scale_(1.0 / self.world_size)
-            else:
+            if owner != self.rank:
                 param.clear_gradient(False)
         return reduce
 
     @paddle.no_grad()
     def step(self):
+        # the sum becomes the mean here, after the loss scaler's unscale, as Paddle's stage 2 does
+        # (scale_in_opt; in float16 the order of the two scalings shows in the smallest gradients)
+        for param in self._parameter_list:
+            if param.grad is not None and self.param2rank[param.name] == self.rank:
+                param.grad.scale_(1.0 / self.world_size)
         self._optim.step()
         for param in self._parameter_list:
             if not param.stop_gradient:

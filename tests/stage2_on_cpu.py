@@ -3,15 +3,15 @@ processes, trained through our step, loss scaler, checkpoint gather and restore;
 emulation of them (deit/sharding.EmulatedStage2), to compare. Run by tests/e2e/test_sharding.py
 under paddle.distributed.launch (2 gloo processes):
 
-    python stage2_on_cpu.py ROOT real|emulated fp32|o2 OUT
+    python stage2_on_cpu.py ROOT real|emulated fp32|o2|o2_float16 OUT
 
 The classes assert a GPU and place buffers there; these shims let them build on the CPU,
 changing only where memory lives, never what is computed:
 - while they are built, `paddle.get_device()` says gpu:0, `core.is_compiled_with_cuda()` True,
   and `Tensor.cpu()` copies (as it does from a GPU: Paddle clears the parameter after it);
 - their `device_guard` (set_device around a block) does nothing, `cvt_to_device` returns its input.
-What stays untested is what a GPU adds: NCCL, and float16 collectives (gloo sums float16 to inf,
-so the o2 case casts to bfloat16).
+- float16 reduces sum in fp32 and round once (gloo sums float16 to inf; NCCL rounds once too).
+What stays untested is what a GPU adds: NCCL itself and GPU memory.
 
 Each rank trains 3 steps, saves the whole optimizer state (gathered) and the weights files'
 weights, trains 2 more; then a fresh model and optimizer restore the checkpoint and train the
@@ -39,6 +39,23 @@ def shim_device_placement():
         if hasattr(module, "device_guard"):
             module.device_guard = _nothing
     storage.cvt_to_device = lambda x, dev_id, blocking=True: x
+
+
+def float16_sums_in_fp32():
+    """gloo sums float16 to inf; NCCL adds float16 through fp32 and rounds once, which for two
+    ranks is the same as an fp32 sum rounded: so the reduce does that."""
+    import paddle
+    import paddle.distributed as dist
+    reduce = dist.reduce
+
+    def fp32_reduce(tensor, dst, *args, **kwargs):
+        if tensor.dtype != paddle.float16:
+            return reduce(tensor, dst, *args, **kwargs)
+        wide = tensor.astype("float32")
+        task = reduce(wide, dst, *args, **kwargs)
+        tensor.copy_(wide.astype(tensor.dtype), False)
+        return task
+    dist.reduce = fp32_reduce
 
 
 @contextlib.contextmanager
@@ -69,6 +86,7 @@ def main(root, mode, precision_name, out):
     from deit.step import make_train_step
 
     shim_device_placement()
+    float16_sums_in_fp32()
     dist.init_parallel_env()
     rank = dist.get_rank()
 
@@ -76,11 +94,12 @@ def main(root, mode, precision_name, out):
         paddle.seed(0)
         model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, class_num=10)
         optimizer = paddle.optimizer.AdamW(1e-2, parameters=model.parameters(), weight_decay=0.05,
-                                           multi_precision=precision_name == "o2")
+                                           multi_precision=precision_name != "fp32")
         precision = Precision()
-        if precision_name == "o2":
-            model, optimizer = cast_like_gpu(model, optimizer, "bfloat16")
-        else:  # fp32 parameters with the float16 loss scaler (O1's): found-inf or-ed over the ranks
+        if precision_name != "fp32":   # o2: bfloat16; o2_float16: float16 with LayerNorm fp32
+            model, optimizer = cast_like_gpu(model, optimizer, "float16" if precision_name == "o2_float16"
+                                             else "bfloat16")
+        if precision_name != "o2":     # the float16 loss scaler (O1 and O2 float16): found-inf or-ed
             precision.scaler = DynamicLossScaler(init_loss_scaling=1024.0, any_rank=True)
         if mode == "real":
             with built_as_on_a_gpu():

@@ -242,12 +242,13 @@ def test_an_overflow_seen_by_one_rank_skips_the_step_on_every_rank(tmp_path):
     assert alone[0]["skipped"] == 0 and alone[0]["moved"] and alone[1]["skipped"] == 1
 
 
-@pytest.mark.parametrize("precision", ["fp32", "o2"])
+@pytest.mark.parametrize("precision", ["fp32", "o2", "o2_float16"])
 def test_paddles_own_stage2_classes_train_and_resume_as_the_emulation(tmp_path, precision):
     """tests/stage2_on_cpu.py builds Paddle's GroupShardedOptimizerStage2 and GroupShardedStage2 on
     CPU processes (only where memory lives is shimmed) and trains them through our step, scaler,
     checkpoint gather and restore: the same weights as the emulation, bit for bit, the same owners
-    and per-rank state, a whole checkpoint in the optimizer's naming, an exact resume."""
+    and per-rank state, a whole checkpoint in the optimizer's naming, an exact resume. In float16
+    O2 the resume is exact only with deit.sharding.scale_every_step_alike (without it: 1e-2 off)."""
     import pickle
     script = os.path.join(ROOT, "tests", "stage2_on_cpu.py")
     for mode in ("real", "emulated"):
@@ -261,8 +262,10 @@ def test_paddles_own_stage2_classes_train_and_resume_as_the_emulation(tmp_path, 
     assert real["optimizer"].keys() == emulated["optimizer"].keys()
     assert {k[:-len("_moment1_0")].replace("_fp32_master_0", "") for k in real["optimizer"] if k.endswith("_moment1_0")} \
         == set(real["model"])
-    if precision == "o2":   # Paddle's stage 2 names masters after their parameters; the checkpoint does not
-        assert set(real["optimizer"]["master_weights"]) == set(real["model"])
-        assert all(k.endswith("_fp32_master_0_moment1_0") for k in real["optimizer"] if k.endswith("_moment1_0"))
+    if precision != "fp32":   # Paddle's stage 2 names masters after their parameters; the checkpoint does not
+        low = {k for k, v in real["model"].items() if v.dtype != np.float32}   # float16 keeps LayerNorm fp32
+        assert set(real["optimizer"]["master_weights"]) == low and low
+        assert {k for k in real["optimizer"] if k.endswith("_fp32_master_0_moment1_0")} == \
+            {n + "_fp32_master_0_moment1_0" for n in low}
     assert all(np.array_equal(real["weights"][k], emulated["weights"][k]) for k in real["weights"])
     assert {str(v.dtype) for v in real["weights"].values()} == {"float32"}
