@@ -3,7 +3,7 @@ processes, trained through our step, loss scaler, checkpoint gather and restore;
 emulation of them (deit/sharding.EmulatedStage2), to compare. Run by tests/e2e/test_sharding.py
 under paddle.distributed.launch (2 gloo processes):
 
-    python stage2_on_cpu.py ROOT real|emulated fp32|o2|o2_float16 OUT
+    python stage2_on_cpu.py ROOT real|emulated fp32|o2|o2_float16 OUT [ACCUM_STEPS]
 
 The classes assert a GPU and place buffers there; these shims let them build on the CPU,
 changing only where memory lives, never what is computed:
@@ -15,7 +15,9 @@ What stays untested is what a GPU adds: NCCL itself and GPU memory.
 
 Each rank trains 3 steps, saves the whole optimizer state (gathered) and the weights files'
 weights, trains 2 more; then a fresh model and optimizer restore the checkpoint and train the
-same 2 steps. Writes OUT/{mode}_{precision}_{rank}.json and, on rank 0, OUT/{mode}_{precision}_ckpt.pkl.
+same 2 steps; ACCUM_STEPS splits each batch of 8 into micro-batches (no no_sync in stage 2: each
+backward reduces, the owner's gradient accumulates). Writes OUT/{mode}_{precision}_{accum}_{rank}.json
+and, on rank 0, OUT/{mode}_{precision}_{accum}_ckpt.pkl.
 """
 import contextlib
 import json
@@ -72,7 +74,7 @@ def built_as_on_a_gpu():
         paddle.get_device, core.is_compiled_with_cuda, paddle.Tensor.cpu = saved
 
 
-def main(root, mode, precision_name, out):
+def main(root, mode, precision_name, out, accum_steps="1"):
     sys.path.insert(0, root)
     import paddle
     import paddle.distributed as dist
@@ -107,10 +109,10 @@ def main(root, mode, precision_name, out):
         else:
             train_model, optimizer = model, EmulatedStage2(optimizer, 2, rank)
         loss = lambda logits, y: paddle.nn.functional.cross_entropy(logits, y)  # noqa: E731
-        return model, optimizer, make_train_step(train_model, loss, optimizer, precision)
+        return model, optimizer, make_train_step(train_model, loss, optimizer, precision, int(accum_steps))
 
     rng = np.random.RandomState(rank)
-    data = [(paddle.to_tensor(rng.rand(4, 3, 32, 32).astype("float32")), paddle.to_tensor(rng.randint(0, 10, [4])))
+    data = [(paddle.to_tensor(rng.rand(8, 3, 32, 32).astype("float32")), paddle.to_tensor(rng.randint(0, 10, [8])))
             for _ in range(5)]
     model, optimizer, step = build()
     for batch in data[:3]:
@@ -119,7 +121,7 @@ def main(root, mode, precision_name, out):
                                                    weights=lambda: gathered_fp32_weights(model, optimizer))
     state, weights = contents.optimizer_state(), contents.file_weights()   # collectives: every rank
     saved_model = {k: v.numpy() for k, v in model.state_dict().items()}
-    path = f"{out}/{mode}_{precision_name}_ckpt.pkl"
+    path = f"{out}/{mode}_{precision_name}_{accum_steps}_ckpt.pkl"
     if rank == 0:
         with open(path, "wb") as f:
             pickle.dump({"optimizer": state, "model": saved_model,
@@ -144,7 +146,7 @@ def main(root, mode, precision_name, out):
         step2(batch)
     resumed = {n: p.astype("float32").numpy() for n, p in model2.named_parameters()}
     own_state = [k for k in optimizer.state_dict() if not isinstance(optimizer.state_dict()[k], dict)]
-    with open(f"{out}/{mode}_{precision_name}_{rank}.json", "w") as f:
+    with open(f"{out}/{mode}_{precision_name}_{accum_steps}_{rank}.json", "w") as f:
         json.dump({"resume_exact": all(np.array_equal(whole[k], resumed[k]) for k in whole),
                    "weights": {k: v.tolist() for k, v in whole.items()},
                    "own_state_keys": sorted(own_state),
@@ -152,4 +154,4 @@ def main(root, mode, precision_name, out):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:])

@@ -48,10 +48,6 @@ def refuse_sharding(cfg) -> None:
         raise SetupError("DistributedStrategy.data_sharding with FP16.level O2 and EMA: stage-2 sharding keeps each "
                          "fp32 master weight on its owner rank only, and EMA averages every master at every step: "
                          "set -o EMA.decay=0, or use -o FP16.level=O1 or data parallel")
-    if global_cfg["accum_steps"] > 1:
-        raise SetupError(f"DistributedStrategy.data_sharding with Global.accum_steps={global_cfg['accum_steps']}: "
-                         f"Paddle's stage-2 sharding reduces and frees the gradients after every backward, with no "
-                         f"no_sync to accumulate micro-batches: set -o Global.accum_steps=1 or use data parallel")
 
 
 def gathered_fp32_weights(model, optimizer) -> Optional[dict]:

@@ -115,7 +115,6 @@ def _config(**changes):
 @pytest.mark.parametrize("changes, words", [
     ({"Global__device": "cpu"}, "runs on GPUs (and XPUs) only, and Global.device is cpu"),
     ({"Global__device": "gpu", "FP16__level": "O2", "EMA__decay": 0.99}, "-o EMA.decay=0"),
-    ({"Global__device": "gpu", "Global__accum_steps": 2}, "-o Global.accum_steps=1"),
 ])
 def test_what_sharding_refuses_is_one_line(changes, words):
     cfg = _config(DistributedStrategy__data_sharding=True, **changes)

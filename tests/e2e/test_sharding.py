@@ -198,6 +198,23 @@ def test_sharded_clipping_and_loss_scaling_follow_data_parallel(tiny_config, tmp
     assert any(not np.allclose(moved[k], final_sh[k], rtol=1e-3) for k in moved)
 
 
+def test_sharded_accumulation_follows_data_parallel(tiny_config, tmp_path):
+    """Global.accum_steps 2: data parallel reduces once per step (no_sync), stage 2 at every
+    micro-batch into the owner's accumulating gradient: the same sums in another order."""
+    dp, sh = tmp_path / "dp", tmp_path / "sh"
+    launch(tmp_path, 2, _common(tiny_config, dp, "Global.accum_steps=2"), "dp")
+    launch(tmp_path, 2, _common(tiny_config, sh, "Global.accum_steps=2") + SHARDED, "sh")
+    final_dp, final_sh = _weights(dp / "final.pdparams"), _weights(sh / "final.pdparams")
+    for k in final_dp:
+        np.testing.assert_allclose(final_sh[k], final_dp[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    # two micro-batches of 8 accumulated are one batch of 16: the run without accumulation
+    whole = tmp_path / "whole"
+    launch(tmp_path, 2, _common(tiny_config, whole) + SHARDED, "whole")
+    final_whole = _weights(whole / "final.pdparams")
+    for k in final_whole:
+        np.testing.assert_allclose(final_sh[k], final_whole[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
 FOUND_INF_SCRIPT = '''
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -242,23 +259,27 @@ def test_an_overflow_seen_by_one_rank_skips_the_step_on_every_rank(tmp_path):
     assert alone[0]["skipped"] == 0 and alone[0]["moved"] and alone[1]["skipped"] == 1
 
 
-@pytest.mark.parametrize("precision", ["fp32", "o2", "o2_float16"])
-def test_paddles_own_stage2_classes_train_and_resume_as_the_emulation(tmp_path, precision):
+@pytest.mark.parametrize("precision, accum", [("fp32", 1), ("o2", 1), ("o2_float16", 1), ("fp32", 2)])
+def test_paddles_own_stage2_classes_train_and_resume_as_the_emulation(tmp_path, precision, accum):
     """tests/stage2_on_cpu.py builds Paddle's GroupShardedOptimizerStage2 and GroupShardedStage2 on
     CPU processes (only where memory lives is shimmed) and trains them through our step, scaler,
     checkpoint gather and restore: the same weights as the emulation, bit for bit, the same owners
     and per-rank state, a whole checkpoint in the optimizer's naming, an exact resume. In float16
-    O2 the resume is exact only with deit.sharding.scale_every_step_alike (without it: 1e-2 off)."""
+    O2 the resume is exact only with deit.sharding.scale_every_step_alike (without it: 1e-2 off).
+    With Global.accum_steps 2 each micro-batch's backward reduces (stage 2 has no no_sync) and
+    the owners' gradients accumulate: Paddle's classes and the emulation agree there too."""
     import pickle
     script = os.path.join(ROOT, "tests", "stage2_on_cpu.py")
     for mode in ("real", "emulated"):
-        launch(tmp_path, 2, [ROOT, mode, precision, str(tmp_path)], f"{mode}_{precision}", program=script)
+        launch(tmp_path, 2, [ROOT, mode, precision, str(tmp_path), str(accum)], mode, program=script)
     for rank in (0, 1):
-        real, emulated = (json.loads((tmp_path / f"{m}_{precision}_{rank}.json").read_text()) for m in ("real", "emulated"))
+        real, emulated = (json.loads((tmp_path / f"{m}_{precision}_{accum}_{rank}.json").read_text())
+                          for m in ("real", "emulated"))
         assert real["resume_exact"] and emulated["resume_exact"]
         assert real["owners"] == emulated["owners"] and real["own_state_keys"] == emulated["own_state_keys"]
         assert all(np.array_equal(real["weights"][k], emulated["weights"][k]) for k in real["weights"])
-    real, emulated = (pickle.loads((tmp_path / f"{m}_{precision}_ckpt.pkl").read_bytes()) for m in ("real", "emulated"))
+    real, emulated = (pickle.loads((tmp_path / f"{m}_{precision}_{accum}_ckpt.pkl").read_bytes())
+                      for m in ("real", "emulated"))
     assert real["optimizer"].keys() == emulated["optimizer"].keys()
     assert {k[:-len("_moment1_0")].replace("_fp32_master_0", "") for k in real["optimizer"] if k.endswith("_moment1_0")} \
         == set(real["model"])
