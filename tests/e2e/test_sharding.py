@@ -9,6 +9,7 @@ import numpy as np
 import paddle
 import pytest
 from tests.conftest import ROOT
+from tests.e2e.test_distributed import HOOKS as DIST_HOOKS
 from tests.faults import launch
 
 pytestmark = [pytest.mark.xdist_group("launch"), pytest.mark.slow]
@@ -35,13 +36,6 @@ class WriteShard(Hook):
         nbytes = sum(v.numpy().nbytes for v in tensors)
         with open(os.path.join(self.out, f"shard{dist.rank()}.json"), "w") as f:
             json.dump({"covered": sorted(covered), "owners": owners, "masters": masters, "bytes": nbytes}, f)
-
-class DieOnRank1(Hook):
-    """Rank 1 dies abruptly (as on an out-of-memory kill) after step `at`."""
-    def __init__(self, at): self.at = at
-    def iter_end(self, engine):
-        if dist.rank() == 1 and engine.state.iteration == self.at:
-            os._exit(3)
 
 class KillRank0At(Hook):
     """SIGKILL of rank 0 after step `step` and its checkpoint."""
@@ -113,9 +107,9 @@ def test_a_rank_that_dies_mid_backward_is_one_line_and_the_checkpoint_stays_whol
     """Sharding's collectives sit in the backward pass (the reduce to each owner) and in the
     checkpoint's gather: a peer that dies makes rank 0 fail there with one message, and latest.txt
     names a checkpoint with every parameter's moments, which resumes."""
-    (tmp_path / "shard_hooks.py").write_text(HOOKS)
+    (tmp_path / "dist_hooks.py").write_text(DIST_HOOKS)
     out = tmp_path / "out"
-    code, logs = launch(tmp_path, 2, _common(tiny_config, out, "Hooks=[{shard_hooks.DieOnRank1: {at: 3}}]") + SHARDED,
+    code, logs = launch(tmp_path, 2, _common(tiny_config, out, "Hooks=[{dist_hooks.DieOnRank1: {at: 3}}]") + SHARDED,
                         "die", expect_ok=False)
     assert code != 0 and "a collective failed because another process of this launch died" in logs
     assert "Traceback" not in (tmp_path / "log_die" / "workerlog.0").read_text()   # one line, no stack
