@@ -73,7 +73,7 @@ class Checkpoint(Hook):
         name += ".pdckpt"
         world_size = self.contents.world_size
         rng_ranks = dist.gather_objects(rng_state()) if world_size > 1 else None
-        optimizer_state = self.contents.optimizer_state()  # sharded: gathered from every rank
+        optimizer_state = self.contents.optimizer_state()  # rank 0's; sharded, gathered from every rank
         if name in self.saved:
             self.saved.remove(name)
         self.saved.append(name)  # before saving, so the checkpoint knows itself on resume

@@ -55,19 +55,16 @@ class CheckpointContents:
         return self.weights()
 
     def optimizer_state(self) -> Optional[dict]:
-        """The optimizer's whole state, keyed by structured names. Sharded, every rank must call
-        it at once (its share travels to rank 0; elsewhere the answer is None)."""
-        if self.optimizer is None:
+        """The optimizer's whole state, keyed by structured names, on rank 0 (None elsewhere).
+        Sharded, every rank must call it at once: its share travels to rank 0."""
+        if self.optimizer is None or (self.owners is None and not dist.is_main()):
             return None
         state = masters_named_as_optimizer(self.optimizer.state_dict())
         state = rename_optimizer_state(state, self.model, to_structured=True)
         return dist.gather_shards(state) if self.owners is not None else state
 
-    def capture(self, engine, rng_ranks: list = None, optimizer_state: Optional[dict] = None) -> dict:
-        """The checkpoint; `optimizer_state` as optimizer_state() gave it (asked here if not
-        sharded and not given)."""
-        if optimizer_state is None and self.owners is None:
-            optimizer_state = self.optimizer_state()
+    def capture(self, engine, rng_ranks: list, optimizer_state: Optional[dict]) -> dict:
+        """The checkpoint, on rank 0; `optimizer_state` as optimizer_state() gave it."""
         return {
             "format": FORMAT,
             "engine": engine.state_dict(),
